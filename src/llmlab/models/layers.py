@@ -1,0 +1,199 @@
+"""The decoder's building blocks, written out: norms, rotary positions, attention, MLPs.
+
+Choices are strings resolved through the dicts at the bottom (`NORMS`, `MLPS`),
+so a config picks a family's parts without a subclass. Attention has two
+paths that must agree: an explicit one to read (softmax(QK^T/sqrt(D)) V) and
+PyTorch's fused `scaled_dot_product_attention` to run fast.
+References: LayerNorm (Ba et al. 2016), RMSNorm (Zhang & Sennrich 2019),
+RoPE (Su et al. 2021), GQA (Ainslie et al. 2023), SwiGLU (Shazeer 2020).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmlab.common.errors import UserError
+from llmlab.models.config import ModelConfig
+from llmlab.models.kv_cache import KVCache
+
+
+class LayerNorm(nn.Module):
+    """(x - mean) / sqrt(var + eps) * weight + bias, over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = (x - mean).pow(2).mean(-1, keepdim=True)  # biased variance, as in the paper and torch
+        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
+        return y + self.bias if self.bias is not None else y
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without centring or bias.
+
+    Computed in float32 and cast back, as Llama does, so bf16 runs match it.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """The rotation speed of each pair of channels: theta^(-2i/D), optionally rescaled for long context."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":  # Llama 3.1: slow the low frequencies, keep the high ones, blend in between
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, blended, scaled)
+    raise UserError(f"model config: rope_scaling type {kind!r} is not supported; use default, linear or llama3")
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """cos and sin tables for the given positions (B, T) -> each (B, 1, T, D)."""
+    freqs = positions.float()[..., None] * inv_freq  # (B, T, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, D): channel i pairs with channel i + D/2
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair (i, i + D/2) of x (B, H, T, D) by its position's angle."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Share each key/value head with n_rep query heads: (B, Hkv, S, D) -> (B, Hkv*n_rep, S, D)."""
+    if n_rep == 1:
+        return x
+    B, Hkv, S, D = x.shape
+    return x[:, :, None].expand(B, Hkv, n_rep, S, D).reshape(B, Hkv * n_rep, S, D)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                       dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(D) + mask) v, returning the output and the attention weights.
+
+    q (B, H, T, D), k and v (B, H, S, D), mask (B, 1, T, S) bool, True where a query may look.
+    With mask None the attention is causal with queries at the end of the keys.
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
+    weights = F.dropout(weights, p=dropout, training=dropout > 0)
+    return weights @ v, weights  # (B, H, T, D), (B, H, T, S)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.dropout = config.dropout
+        C, D = config.n_embd, config.head_dim
+        self.q_proj = nn.Linear(C, self.n_head * D, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(C, self.n_kv_head * D, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(C, self.n_kv_head * D, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * D, C, bias=config.bias)
+        self.impl = "sdpa"  # or "explicit"; both give the same numbers
+        self.last_weights: torch.Tensor | None = None  # filled by the explicit path when keep_weights is set
+        self.keep_weights = False
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+                kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, Hkv, S, D), S = cached + T
+        n_rep = self.n_head // self.n_kv_head
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, D)
+        dropout = self.dropout if self.training else 0.0
+        if self.impl == "explicit" or self.keep_weights:
+            y, weights = explicit_attention(q, k, v, mask, dropout)
+            self.last_weights = weights.detach() if self.keep_weights else None
+        elif self.impl == "sdpa":
+            causal = mask is None and T > 1
+            if causal and k.shape[-2] != T:  # queries after cached keys: SDPA's is_causal aligns top-left
+                mask = torch.ones(T, k.shape[-2], dtype=torch.bool, device=x.device).tril(k.shape[-2] - T)
+                causal = False
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        else:
+            raise UserError(f"attention impl {self.impl!r} is unknown; use 'sdpa' or 'explicit'")
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(y)
+
+
+class GeluMLP(nn.Module):
+    """GPT-2's MLP: up, GELU (tanh approximation, as GPT-2 was trained), down."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+
+
+class SwiGLUMLP(nn.Module):
+    """Llama's MLP: down(silu(gate(x)) * up(x)), a gated unit with three matrices."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.up_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+MLPS = {"gelu": GeluMLP, "swiglu": SwiGLUMLP}
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = NORMS[config.norm](config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.attn = Attention(config)
+        self.mlp_norm = NORMS[config.norm](config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.mlp = MLPS[config.mlp](config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, mask, kv_cache, layer) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, kv_cache, layer))
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x
