@@ -106,9 +106,9 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> float:
     As in PaLM's appendix B and nanoGPT: 6N + 12 * n_layer * (n_head * head_dim) * T, where N counts
     weights used in matmuls (embedding lookups are free, the output head is not).
     """
-    C, L, D, I = config.n_embd, config.n_layer, config.head_dim, config.intermediate_size
+    C, L, D, hidden = config.n_embd, config.n_layer, config.head_dim, config.intermediate_size
     attn = C * D * (2 * config.n_head + 2 * config.n_kv_head)
-    mlp = C * I * (3 if config.mlp == "swiglu" else 2)
+    mlp = C * hidden * (3 if config.mlp == "swiglu" else 2)
     n_matmul = L * (attn + mlp) + C * config.vocab_size
     T = seq_len or config.seq_len
     return 6 * n_matmul + 12 * L * config.n_head * D * T

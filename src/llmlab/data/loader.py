@@ -1,0 +1,96 @@
+"""Batches of training windows from memory-mapped shards.
+
+Training samples random windows (inputs idx, targets shifted by one) from the
+shards without reading them into memory. The sampler's state is a plain dict
+(numpy's PCG64 state), so a checkpoint stores it as JSON and a resumed run
+draws exactly the windows the uninterrupted run would have drawn.
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmlab.common.errors import UserError
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{data_dir}: no manifest.json; prepare the data first with `llmlab data prepare`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: corrupt manifest ({e.msg}); run `llmlab data prepare` again") from None
+    if manifest.get("format") != "llmlab-shards":
+        raise UserError(f"{path}: not an llmlab shard manifest")
+    return manifest
+
+
+def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
+    manifest = read_manifest(data_dir)
+    shards = []
+    for entry in manifest[split]["files"]:
+        path = Path(data_dir) / entry["file"]
+        if not path.is_file():
+            raise UserError(f"{path}: shard listed in manifest.json is missing; run `llmlab data prepare` again")
+        if entry["tokens"]:
+            shards.append(np.memmap(path, dtype=manifest["dtype"], mode="r"))
+    return shards
+
+
+class WindowSampler:
+    """Random (idx, targets) windows of seq_len tokens, each from one shard, reproducible by state."""
+
+    def __init__(self, data_dir: str | Path, split: str, batch_size: int, seq_len: int, seed: int = 0):
+        self.shards = [s for s in open_split(data_dir, split) if len(s) > seq_len]
+        if not self.shards:
+            raise UserError(f"{data_dir}: the {split} split has no shard longer than seq_len={seq_len} tokens; "
+                            "give more text or lower --seq-len")
+        self.batch_size, self.seq_len = batch_size, seq_len
+        sizes = np.array([len(s) - seq_len for s in self.shards], dtype=np.float64)
+        self.shard_weights = sizes / sizes.sum()  # pick shards by how many windows they hold
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T = self.batch_size, self.seq_len
+        which = self.rng.choice(len(self.shards), size=B, p=self.shard_weights)
+        rows = []
+        for s in which:
+            start = int(self.rng.integers(0, len(self.shards[s]) - T))
+            rows.append(np.asarray(self.shards[s][start:start + T + 1], dtype=np.int64))
+        batch = torch.from_numpy(np.stack(rows))  # (B, T+1)
+        return batch[:, :-1], batch[:, 1:]
+
+    def state_dict(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def sequential_windows(data_dir: str | Path, split: str, batch_size: int, seq_len: int,
+                       max_tokens: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every token of a split predicted exactly once (but the first of each shard), in order: for evaluation.
+
+    Windows overlap by one token, so targets tile the stream; the last window may be shorter.
+    """
+    windows = []
+    budget = max_tokens if max_tokens is not None else float("inf")
+    for shard in open_split(data_dir, split):
+        for start in range(0, len(shard) - 1, seq_len):
+            if budget <= 0:
+                break
+            chunk = np.asarray(shard[start:start + seq_len + 1], dtype=np.int64)
+            windows.append(torch.from_numpy(chunk))
+            budget -= len(chunk) - 1
+    for i in range(0, len(windows), batch_size):
+        group = windows[i:i + batch_size]
+        T = max(len(w) for w in group) - 1
+        idx = torch.zeros(len(group), T, dtype=torch.long)
+        targets = torch.full((len(group), T), -100, dtype=torch.long)  # -100: no target (padding)
+        for j, w in enumerate(group):
+            idx[j, :len(w) - 1], targets[j, :len(w) - 1] = w[:-1], w[1:]
+        yield idx, targets
