@@ -116,16 +116,16 @@ class Tokenizer:
         return cls(tokens, merges, regex_str, specials, eos_id=specials.get("<|endoftext|>"),
                    chat_template=chat.CHATML)
 
-    def _find_byte_ids(self) -> list[int] | None:
-        """Id of each single byte 0..255, or None if the vocabulary lacks one (no fast path then)."""
+    def _find_byte_ids(self) -> list[int | None]:
+        """Id of each single byte 0..255; None where the vocabulary lacks that byte (SmolLM2 lacks
+        21 bytes that never occur in its data). Like HF tokenizers and llama.cpp, encoding drops
+        such bytes."""
         special = set(self.special_tokens.values())
         found: dict[bytes, int] = {}
         for i, t in enumerate(self.tokens):
             if len(t) == 1 and i not in special:
                 found.setdefault(t, i)
-        if len(found) < 256:
-            return None
-        return [found[bytes([b])] for b in range(256)]
+        return [found.get(bytes([b])) for b in range(256)]
 
     def _build_tiktoken(self) -> tuple[tiktoken.Encoding | None, np.ndarray | None]:
         """A tiktoken Encoding whose ranks follow merge priority, plus rank -> id when ids differ.
@@ -133,12 +133,14 @@ class Tokenizer:
         tiktoken merges the adjacent pair whose joined bytes have the lowest rank, so a token's
         rank must be its merge's priority. When merge results have increasing ids (llmlab, GPT-2,
         tiktoken files) the ids are the ranks; otherwise ranks are 256 + priority and a lookup
-        table turns them back into ids. Vocabularies tiktoken cannot express (a missing byte, two
-        merges making the same bytes) get no fast path: `encode` then uses the reference encoder.
+        table turns them back into ids. Vocabularies tiktoken cannot express (two merges making
+        the same bytes) get no fast path: `encode` then uses the reference encoder.
         """
-        if self._byte_ids is None:
-            return None, None
-        ordered = list(self._byte_ids)
+        # A byte the vocabulary lacks still needs a tiktoken rank; it maps to id -1 and
+        # `_translate` sends such texts to the reference encoder, which drops the byte.
+        missing = [b for b, i in enumerate(self._byte_ids) if i is None]
+        byte_ids = [i for i in self._byte_ids if i is not None]
+        ordered = list(byte_ids)
         seen = {self.tokens[i] for i in ordered}
         for a, b, new in self.merges:
             t = self.tokens[new]
@@ -149,16 +151,17 @@ class Tokenizer:
             ordered.append(new)
         results = [new for _, _, new in self.merges]
         in_order = all(x < y for x, y in pairwise(results)) and (
-            not results or max(self._byte_ids) < results[0]
+            not results or max(byte_ids) < results[0]
         )
-        if in_order:
+        if in_order and not missing:
             ranks = {self.tokens[i]: i for i in ordered}
             specials = dict(self.special_tokens)
             to_id = None
         else:
             ranks = {self.tokens[i]: r for r, i in enumerate(ordered)}
-            specials = {s: len(ordered) + j for j, s in enumerate(self.special_tokens)}
-            to_id = np.array(ordered + list(self.special_tokens.values()), dtype=np.int64)
+            ranks.update({bytes([b]): len(ordered) + k for k, b in enumerate(missing)})
+            specials = {s: len(ranks) + j for j, s in enumerate(self.special_tokens)}
+            to_id = np.array(ordered + [-1] * len(missing) + list(self.special_tokens.values()))
         enc = tiktoken.Encoding(f"llmlab-{id(self)}", pat_str=self.pattern, mergeable_ranks=ranks,
                                 special_tokens=specials)
         return enc, to_id
@@ -198,7 +201,16 @@ class Tokenizer:
             ids = self._enc.encode(text, allowed_special=allowed, disallowed_special=())
         else:
             ids = self._enc.encode_ordinary(text)
-        return ids if self._to_id is None else self._to_id[ids].tolist()
+        return self._translate(ids, text, allowed)
+
+    def _translate(self, ranks: list[int], text: str, allowed: set[str]) -> list[int]:
+        """tiktoken ranks -> model ids (identity for llmlab's own vocabularies)."""
+        if self._to_id is None:
+            return ranks
+        ids = self._to_id[ranks]
+        if (ids < 0).any():  # a byte the vocabulary lacks: let the reference encoder drop it
+            return self.encode_reference(text, allowed)
+        return ids.tolist()
 
     def encode_batch(
         self, texts: list[str], allowed_special: AllowedSpecial = "none", num_threads: int = 0
@@ -213,14 +225,13 @@ class Tokenizer:
                                          disallowed_special=())
         else:
             out = self._enc.encode_ordinary_batch(texts, num_threads=threads)
-        return out if self._to_id is None else [self._to_id[ids].tolist() for ids in out]
+        if self._to_id is None:
+            return out
+        return [self._translate(r, t, allowed) for r, t in zip(out, texts, strict=True)]
 
     def encode_reference(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
         """The readable encoder: split off allowed special tokens, split the rest with the
         pattern, run `bpe.encode_chunk` on each chunk. Same ids as `encode`, much slower."""
-        if self._byte_ids is None:
-            raise UserError(f"tokenizer {self.name}: vocabulary lacks some single-byte tokens; "
-                            "it is not a byte-level BPE llmlab can encode with")
         allowed = self._allowed(allowed_special)
         parts = [text]
         if allowed:
@@ -234,7 +245,8 @@ class Tokenizer:
             for chunk in self._compiled.findall(part):
                 b = chunk.encode("utf-8")
                 if b not in self._cache:
-                    self._cache[b] = bpe.encode_chunk([self._byte_ids[x] for x in b], self._ranks)
+                    self._cache[b] = bpe.encode_chunk(
+                        [self._byte_ids[x] for x in b if self._byte_ids[x] is not None], self._ranks)
                 ids.extend(self._cache[b])
         return ids
 
