@@ -20,6 +20,13 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                           "tokenise a corpus into binary shards"),
     ("pretrain",): ("llmlab.recipes.pretrain", "PretrainArgs", "run", "pretrain a decoder on prepared shards"),
     ("generate",): ("llmlab.recipes.generate", "GenerateArgs", "run", "generate text from a checkpoint"),
+    ("tokenizer", "train"): ("llmlab.recipes.tokenizer", "TrainArgs", "train", "train a byte-level BPE tokenizer"),
+    ("tokenizer", "encode"): ("llmlab.recipes.tokenizer", "EncodeArgs", "encode", "text -> token ids"),
+    ("tokenizer", "decode"): ("llmlab.recipes.tokenizer", "DecodeArgs", "decode", "token ids -> text"),
+    ("tokenizer", "analyze"): ("llmlab.recipes.tokenizer", "AnalyzeArgs", "analyze",
+                               "compare tokenizers: compression, fertility, splits, per language"),
+    ("tokenizer", "convert"): ("llmlab.recipes.tokenizer", "ConvertArgs", "convert",
+                               "convert a tokenizer to llmlab's or Hugging Face's format"),
 }
 
 

@@ -79,12 +79,17 @@ def iter_text_blocks(text: str) -> Iterator[tuple[str, bool]]:
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, directories expanded to their files (sorted); missing paths are errors."""
+    """Files as given, directories expanded to their files (sorted, skipping hidden folders,
+    `__pycache__` and compiled `.pyc`); missing paths are errors."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files.extend(sorted(q for q in p.rglob("*") if q.is_file()))
+            files.extend(sorted(
+                q for q in p.rglob("*")
+                if q.is_file() and q.suffix != ".pyc"
+                and not any(part.startswith(".") or part == "__pycache__" for part in q.relative_to(p).parts)
+            ))
         elif p.is_file():
             files.append(p)
         else:
