@@ -41,8 +41,9 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.rank, self.alpha = rank, alpha
         self.scaling = alpha / rank
-        device = base.weight.device
-        dtype = base.weight.dtype if base.weight.is_floating_point() else torch.float32
+        quantized = hasattr(base, "packed")  # an NF4Linear: 4-bit bytes, computing in its original dtype
+        device = base.packed.device if quantized else base.weight.device
+        dtype = base.compute_dtype if quantized else base.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as PEFT does

@@ -1,0 +1,77 @@
+"""NF4 + double quantisation against the published code table and bitsandbytes' bytes; QLoRA trains."""
+
+import pytest
+import torch
+
+from llmlab.finetune.lora import lora_modules
+from llmlab.finetune.nf4 import (
+    DYNAMIC_CODE,
+    NF4_CODE,
+    NF4Linear,
+    apply_qlora,
+    build_nf4_code,
+    dequantize_nf4,
+    quantize_nf4,
+)
+from llmlab.models import Transformer, get_preset
+
+
+def test_code_tables():
+    torch.testing.assert_close(build_nf4_code(), NF4_CODE, atol=2e-6, rtol=0)
+    assert NF4_CODE[7] == 0 and NF4_CODE[0] == -1 and NF4_CODE[-1] == 1
+    assert DYNAMIC_CODE.shape == (256,) and DYNAMIC_CODE.max() == 1.0 and bool((DYNAMIC_CODE.diff() >= 0).all())
+
+
+def test_round_trip_error_bound():
+    torch.manual_seed(0)
+    w = torch.randn(96, 128)
+    q = quantize_nf4(w)
+    assert q["packed"].dtype == torch.uint8 and q["packed"].numel() == w.numel() // 2
+    back = dequantize_nf4(q, w.shape)
+    absmax = w.view(-1, 64).abs().amax(1, keepdim=True)
+    max_gap = NF4_CODE.diff().max() / 2  # half the widest gap between code values
+    err = (back - w).view(-1, 64).abs()
+    assert bool((err <= absmax * max_gap * 1.02 + 1e-6).all())  # 2% slack for the 8-bit absmax
+    assert (back - w).pow(2).mean() / w.pow(2).mean() < 0.015  # ~1% relative error, as in QLoRA
+
+
+def test_matches_bitsandbytes():
+    try:
+        import bitsandbytes.functional as bnbf
+        w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+        packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+        expected = bnbf.dequantize_4bit(packed, state)
+    except Exception as e:  # not installed, or no kernel for this CPU
+        pytest.skip(f"bitsandbytes does not run here: {e}")
+    q = quantize_nf4(w)
+    assert torch.equal(q["packed"], packed.view(-1))
+    assert torch.equal(q["qabsmax"], state.absmax)
+    torch.testing.assert_close(q["absmax2"], state.state2.absmax)
+    torch.testing.assert_close(DYNAMIC_CODE, state.state2.code)
+    torch.testing.assert_close(dequantize_nf4(q, w.shape), expected, atol=1e-6, rtol=0)
+
+
+def test_nf4_linear_gradients_and_qlora():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    q = NF4Linear(lin)
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    y = q(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, q.dequantize(), lin.bias))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(2, 5, 32) @ q.dequantize())
+
+    model = Transformer(get_preset("llama-tiny", n_layer=2, n_embd=64, vocab_size=128, seq_len=32))
+    report = apply_qlora(model, rank=4, alpha=8, targets=["q_proj", "v_proj"])
+    assert report["nf4"] < report["bfloat16"] / 3.5 and report["float32"] == 2 * report["bfloat16"]
+    assert len(lora_modules(model)) == 4
+    idx = torch.randint(0, 128, (2, 16))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
