@@ -1,0 +1,45 @@
+"""Bits per byte on held-out text, and the same text under gzip -9 and xz -9.
+
+Loss per token depends on the tokenizer (bigger tokens, bigger loss); loss per
+byte of the original text does not, so it compares models with different
+vocabularies, and compressors too. Special tokens (the end-of-text marker)
+cost the model nats but stand for no bytes, so they only make the model look
+worse: the comparison is conservative.
+"""
+
+import gzip
+import lzma
+from pathlib import Path
+
+import torch
+
+from llmlab.data.loader import sequential_windows
+from llmlab.train.loop import evaluate_loss
+from llmlab.train.objectives import bits_per_byte
+
+
+def token_byte_lengths(tokenizer) -> torch.Tensor:
+    """How many UTF-8 bytes each token id stands for (0 for special tokens)."""
+    special = set(tokenizer.special_tokens.values())
+    return torch.tensor([0 if i in special else len(tokenizer.id_to_token_bytes(i))
+                         for i in range(tokenizer.vocab_size)], dtype=torch.long)
+
+
+def model_bpb(model: torch.nn.Module, tokenizer, data_dir: str | Path, batch_size: int = 16,
+              max_tokens: int | None = None, autocast_dtype: torch.dtype | None = None) -> dict:
+    """Bits per byte of `model` over the validation split, every token predicted once."""
+    lengths = token_byte_lengths(tokenizer)
+    n_bytes = 0
+    batches = []
+    for idx, targets in sequential_windows(data_dir, "val", batch_size, model.config.seq_len, max_tokens):
+        n_bytes += int(lengths[targets.clamp(min=0)][targets != -100].sum())
+        batches.append((idx, targets))
+    nats, n_tokens = evaluate_loss(model, batches, autocast_dtype)
+    return {"val_bpb": bits_per_byte(nats, n_bytes), "val_loss": nats / n_tokens, "val_tokens": n_tokens,
+            "val_bytes": n_bytes}
+
+
+def compressor_bpb(data: bytes) -> dict:
+    """Bits per byte of `data` under gzip -9 and xz -9 (LZMA preset 9)."""
+    return {"gzip_bpb": 8 * len(gzip.compress(data, compresslevel=9)) / len(data),
+            "xz_bpb": 8 * len(lzma.compress(data, preset=9)) / len(data)}

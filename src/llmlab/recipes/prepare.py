@@ -1,0 +1,44 @@
+"""`llmlab data prepare`: text in, a tokenizer and binary shards out."""
+
+from dataclasses import dataclass, field
+
+from llmlab.common import log
+from llmlab.common.errors import UserError
+from llmlab.data.shards import prepare
+from llmlab.data.sources import default_corpus, read_documents, split_documents
+
+
+@dataclass
+class PrepareArgs:
+    data: list[str] = field(default_factory=list, metadata={
+        "help": "text files, folders, .jsonl (field 'text') or .parquet; default: Python's own standard library"})
+    out: str = field(default="runs/data", metadata={"help": "folder for shards, manifest.json and the tokenizer"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "use this tokenizer (llmlab file, tokenizer.json, GGUF...) instead of training one"})
+    vocab_size: int = field(default=4096, metadata={"help": "vocabulary size of the tokenizer to train"})
+    tokenizer_mb: float = field(default=4.0, metadata={"help": "train the tokenizer on at most this many MB of text"})
+    val_fraction: float = field(default=0.05, metadata={"help": "share of documents held out for validation"})
+
+
+def run(args: PrepareArgs) -> dict:
+    from llmlab.tokenizer import Tokenizer
+
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+    docs = read_documents(args.data) if args.data else default_corpus()
+    train_docs, val_docs = split_documents(docs, args.val_fraction)
+    if args.tokenizer:
+        tokenizer = Tokenizer.load(args.tokenizer)
+    else:
+        budget, sample = int(args.tokenizer_mb * 1e6), []
+        for _, text in train_docs:
+            sample.append(text)
+            budget -= len(text)
+            if budget <= 0:
+                break
+        log.info(f"training a {args.vocab_size}-token BPE tokenizer on {sum(map(len, sample)) / 1e6:.1f}M characters")
+        tokenizer = Tokenizer.train("".join(sample), args.vocab_size, progress=True)
+    manifest = prepare(train_docs, val_docs, tokenizer, args.out)
+    log.info(f"wrote {args.out}: {manifest['train']['tokens']:,} train and {manifest['val']['tokens']:,} "
+             f"validation tokens")
+    return manifest

@@ -1,0 +1,198 @@
+"""`llmlab speedrun`: raw text to a trained model, samples and a report, in minutes, with no download.
+
+Steps: train a BPE tokenizer on the corpus (default: Python's own standard
+library), tokenise it into shards, pretrain a small Llama-style model for the
+time budget, then measure held-out bits per byte against gzip -9 and xz -9,
+sample some code, and write `<out>/report.md` and `<out>/report.json`.
+"""
+
+import ast
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llmlab.common import log
+from llmlab.common.device import resolve_device
+from llmlab.common.errors import UserError
+from llmlab.common.io import write_json_atomic, write_text_atomic
+from llmlab.data.loader import WindowSampler, read_manifest
+from llmlab.data.shards import prepare
+from llmlab.data.sources import default_corpus, read_documents, split_documents
+from llmlab.eval.bpb import compressor_bpb, model_bpb
+from llmlab.infer.generate import generate
+from llmlab.models import Transformer, get_preset
+from llmlab.models.config import PRESETS
+from llmlab.tokenizer import Tokenizer
+from llmlab.train.objectives import causal_lm_loss
+from llmlab.train.optim import make_adamw
+from llmlab.train.plot import plot_loss_curve
+from llmlab.train.pretrain import PretrainConfig, pretrain
+
+SAMPLE_PROMPTS = ["def ", "import os\n", "class ", "    def __init__(self"]
+
+
+@dataclass
+class SpeedrunArgs:
+    out: str = field(default="runs/speedrun", metadata={"help": "run folder for data, checkpoint and report"})
+    data: list[str] = field(default_factory=list, metadata={
+        "help": "text files/folders/.jsonl/.parquet; default: Python's own standard library"})
+    preset: str = field(default="llama-small", metadata={"help": "model preset", "choices": sorted(PRESETS)})
+    vocab_size: int = field(default=4096, metadata={"help": "tokenizer vocabulary size"})
+    tokenizer_mb: float = field(default=4.0, metadata={"help": "MB of text to train the tokenizer on"})
+    max_minutes: float = field(default=9.0, metadata={"help": "wall-clock budget for the whole run"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps (default: as many as fit the time budget, measured on this machine)"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
+    seq_len: int | None = field(default=None, metadata={"help": "context length (default: the preset's)"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    seed: int = field(default=1337, metadata={"help": "random seed"})
+    samples: int = field(default=4, metadata={"help": "how many samples to generate for the report"})
+    sample_tokens: int = field(default=160, metadata={"help": "new tokens per sample"})
+    resume: bool = field(default=False, metadata={"help": "resume pretraining from <out>/checkpoint"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+def _steps_for_budget(cfg: PretrainConfig, seconds: float) -> int:
+    """Time a few steps of a throwaway copy of the run and return how many steps fit in `seconds`."""
+    device = resolve_device(cfg.device)
+    vocab = read_manifest(cfg.data)["vocab_size"]
+    overrides = {"vocab_size": vocab, **({"seq_len": cfg.seq_len} if cfg.seq_len else {})}
+    model = Transformer(get_preset(cfg.preset, **overrides)).to(device)
+    opt = make_adamw(model, cfg.lr, device_type=device.type)
+    sampler = WindowSampler(cfg.data, "train", cfg.batch_size, model.config.seq_len, seed=cfg.seed + 1)
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        idx, targets = sampler.next_batch()
+        causal_lm_loss(model(idx.to(device)), targets.to(device)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    per_step = sorted(times[2:])[len(times[2:]) // 2] * 1.1  # median after warm-up, plus a margin for evaluation
+    return max(10, int(seconds / per_step))
+
+
+def _parses_as_python(text: str) -> bool:
+    """Does the sample parse, once the last (probably cut-off) line is dropped?"""
+    lines = text.split("\n")
+    body = "\n".join(lines[:-1]) if len(lines) > 1 else text
+    try:
+        ast.parse(body)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _samples(model, tokenizer, n: int, max_new_tokens: int, seed: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        prompt = SAMPLE_PROMPTS[i % len(SAMPLE_PROMPTS)]
+        ids = generate(model, tokenizer.encode(prompt), max_new_tokens, temperature=0.8, top_k=50, seed=seed + i,
+                       eos_id=tokenizer.eos_id)
+        text = prompt + tokenizer.decode([t for t in ids if t != tokenizer.eos_id])
+        out.append({"prompt": prompt, "text": text, "parses": _parses_as_python(text)})
+    return out
+
+
+def run(args: SpeedrunArgs) -> dict:
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    data_dir = out / "data"
+    if out.exists() and (out / "checkpoint").exists() and not args.resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+
+    if not (data_dir / "manifest.json").exists():
+        docs = read_documents(args.data) if args.data else default_corpus()
+        train_docs, val_docs = split_documents(docs)
+        budget, sample = int(args.tokenizer_mb * 1e6), []
+        for _, text in train_docs:
+            sample.append(text)
+            budget -= len(text)
+            if budget <= 0:
+                break
+        log.info(f"[1/4] tokenizer: {args.vocab_size} tokens from {sum(map(len, sample)) / 1e6:.1f}M characters")
+        tokenizer = Tokenizer.train("".join(sample), args.vocab_size, progress=args.progress)
+        log.info(f"[2/4] data: tokenising {len(train_docs)} train and {len(val_docs)} validation documents")
+        prepare(train_docs, val_docs, tokenizer, data_dir)
+    t_data = time.perf_counter() - t_start
+
+    cfg = PretrainConfig(data=str(data_dir), out=str(out), preset=args.preset, seq_len=args.seq_len,
+                         batch_size=args.batch_size, lr=args.lr, device=args.device, compile=args.compile,
+                         seed=args.seed, resume=args.resume, progress=args.progress, max_steps=args.max_steps or 0)
+    reserve = 45.0 + 2.0 * args.samples  # final evaluation, samples and report
+    train_seconds = args.max_minutes * 60 - (time.perf_counter() - t_start) - reserve
+    if train_seconds <= 10:
+        raise UserError(f"--max-minutes {args.max_minutes}: no time left for training after preparing data "
+                        f"({t_data:.0f}s); raise the budget")
+    if not args.max_steps:
+        cfg.max_steps = _steps_for_budget(cfg, train_seconds)
+    cfg.max_minutes = train_seconds / 60
+    cfg.warmup_steps = min(cfg.warmup_steps, max(1, cfg.max_steps // 10))
+    cfg.eval_interval = max(1, cfg.max_steps // 8)
+    cfg.ckpt_interval = max(1, cfg.max_steps // 4)
+    log.info(f"[3/4] pretraining {args.preset} for {cfg.max_steps} steps (budget {train_seconds:.0f}s)")
+    summary = pretrain(cfg)
+
+    log.info("[4/4] evaluating on held-out text and sampling")
+    model, tokenizer = summary["model"], summary["tokenizer"]
+    bpb = model_bpb(model, tokenizer, data_dir, batch_size=args.batch_size)
+    baselines = compressor_bpb((data_dir / "val.txt").read_bytes())
+    samples = _samples(model, tokenizer, args.samples, args.sample_tokens, args.seed)
+    plot_loss_curve(summary["history"], out / "loss.png", title=f"speedrun: {args.preset}")
+    report = {
+        **bpb, **baselines,
+        "beats_xz": bpb["val_bpb"] < baselines["xz_bpb"],
+        "tokens_per_s": summary["tokens_per_s"], "n_params": summary["n_params"],
+        "tokens_seen": summary["tokens_seen"], "steps": summary["steps"],
+        "wall_s": time.perf_counter() - t_start, "train_wall_s": summary["train_wall_s"],
+        "final_train_loss": summary["final_train_loss"],
+        "parse_rate": sum(s["parses"] for s in samples) / max(1, len(samples)),
+        "samples": samples, "config": {"speedrun": dataclasses.asdict(args),
+                                       "model": summary["model_config"].to_dict()},
+    }
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", _report_markdown(report))
+    log.info(f"val {report['val_bpb']:.3f} bits/byte vs xz -9 {report['xz_bpb']:.3f}, gzip -9 "
+             f"{report['gzip_bpb']:.3f}; report in {out / 'report.md'}")
+    return report
+
+
+def _report_markdown(r: dict) -> str:
+    cfg = r["config"]["model"]
+    verdict = "beats" if r["beats_xz"] else "does not beat"
+    lines = [
+        "# llmlab speedrun report", "",
+        f"The model {verdict} `xz -9` on held-out text: **{r['val_bpb']:.3f} bits per byte** "
+        f"(xz -9: {r['xz_bpb']:.3f}, gzip -9: {r['gzip_bpb']:.3f}).", "",
+        "| figure | value |", "|---|---|",
+        f"| parameters | {r['n_params']:,} |",
+        f"| tokens seen | {r['tokens_seen']:,} |",
+        f"| steps | {r['steps']} |",
+        f"| training tokens/s | {r['tokens_per_s']:,.0f} |",
+        f"| wall time | {r['wall_s']:.0f} s (training {r['train_wall_s']:.0f} s) |",
+        f"| final train loss | {r['final_train_loss']:.4f} nats/token |",
+        f"| validation loss | {r['val_loss']:.4f} nats/token over {r['val_tokens']:,} tokens "
+        f"({r['val_bytes']:,} bytes) |",
+        f"| validation bits per byte | {r['val_bpb']:.4f} |",
+        f"| gzip -9 / xz -9 bits per byte | {r['gzip_bpb']:.4f} / {r['xz_bpb']:.4f} |",
+        f"| samples that parse as Python (last line dropped) | {r['parse_rate']:.0%} |", "",
+        "![loss curve](loss.png)", "",
+        "## Model", "",
+        ", ".join(f"{k}={cfg[k]}" for k in ("vocab_size", "seq_len", "n_layer", "n_head", "n_kv_head", "n_embd",
+                                            "intermediate_size", "pos", "norm", "mlp", "tie_embeddings")), "",
+        "## Samples", "",
+    ]
+    for s in r["samples"]:
+        lines += [f"Prompt `{s['prompt']!r}` ({'parses' if s['parses'] else 'does not parse'}):", "",
+                  "```python", s["text"], "```", ""]
+    lines += ["## Run configuration", "", "```json",
+              json.dumps(r["config"]["speedrun"], indent=2), "```", ""]
+    return "\n".join(lines)

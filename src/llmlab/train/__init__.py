@@ -1,0 +1,1 @@
+"""Training: objectives, optimizer and schedule, checkpoints with exact resume, the loop."""

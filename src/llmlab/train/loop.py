@@ -1,0 +1,147 @@
+"""The training loop: accumulate, clip, step, schedule, evaluate, checkpoint, report.
+
+It knows nothing about text or files: batches come from `next_batch`, the
+loss from `loss_fn`, and saving is a callback, so pretraining and fine-tuning
+share it. What it guarantees: a non-finite loss stops the run (or, opt-in, is
+skipped up to a cap) before anything is saved, and a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from llmlab.common.errors import UserError
+from llmlab.train.objectives import causal_lm_loss
+from llmlab.train.optim import lr_at
+
+# Dense bf16 peak FLOP/s by GPU name, for MFU (as nanoGPT estimates it against the A100's 312 TFLOP/s).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None  # CPUs have no single honest figure; MFU is reported on GPUs only
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+@dataclass
+class LoopSettings:
+    max_steps: int
+    lr: float
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    eval_interval: int = 0  # 0: evaluate only at the end
+    ckpt_interval: int = 0  # 0: checkpoint only at the end
+    max_seconds: float | None = None
+    skip_bad_steps: int = 0  # how many non-finite steps may be skipped before stopping; 0 stops at the first
+    flops_per_token: float | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    bad_steps: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per logged step: step, loss, lr, val_loss?
+
+    def to_dict(self) -> dict:
+        return dict(step=self.step, tokens_seen=self.tokens_seen, elapsed_s=self.elapsed_s,
+                    bad_steps=self.bad_steps, history=self.history)
+
+
+def default_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+    idx, targets = batch[0], batch[1]
+    kwargs = batch[2] if len(batch) > 2 else {}
+    return causal_lm_loss(model(idx, **kwargs), targets)
+
+
+def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
+               settings: LoopSettings, state: TrainState, *, evaluate: Callable[[], float] | None = None,
+               save: Callable[[TrainState], None] | None = None, loss_fn: Callable = default_loss,
+               autocast_dtype: torch.dtype | None = None) -> TrainState:
+    """Run from state.step to settings.max_steps; returns the final state (also passed to `save`)."""
+    device = next(model.parameters()).device
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    peak = peak_flops(device)
+    start_time, start_elapsed = time.perf_counter(), state.elapsed_s
+    bar = tqdm(total=settings.max_steps, initial=state.step, disable=not settings.progress, unit="step",
+               dynamic_ncols=True)
+    model.train()
+    while state.step < settings.max_steps:
+        t0 = time.perf_counter()
+        lr = lr_at(state.step, settings.max_steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, n_tokens = 0.0, 0
+        for _ in range(settings.grad_accum):
+            batch = next_batch()
+            with amp:
+                loss = loss_fn(model, batch) / settings.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+            n_tokens += batch[0].numel()
+        if not math.isfinite(loss_sum):
+            optimizer.zero_grad(set_to_none=True)
+            state.bad_steps += 1
+            if state.bad_steps > settings.skip_bad_steps:
+                bar.close()
+                raise UserError(f"step {state.step}: the loss is {loss_sum} (not finite); stopped without saving, "
+                                "the last good checkpoint is untouched; lower --lr or allow --skip-bad-steps N")
+            state.step += 1
+            continue
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip) if settings.grad_clip > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        state.step += 1
+        state.tokens_seen += n_tokens
+        state.elapsed_s = start_elapsed + time.perf_counter() - start_time
+        row = {"step": state.step, "loss": loss_sum, "lr": lr, "tokens_per_s": n_tokens / dt,
+               "grad_norm": float(grad_norm) if grad_norm is not None else None}
+        if settings.flops_per_token and peak:
+            row["mfu"] = settings.flops_per_token * n_tokens / dt / peak
+        last = state.step == settings.max_steps
+        out_of_time = settings.max_seconds is not None and state.elapsed_s >= settings.max_seconds
+        if evaluate is not None and (last or out_of_time or (settings.eval_interval
+                                                            and state.step % settings.eval_interval == 0)):
+            row["val_loss"] = evaluate()
+            model.train()
+        state.history.append(row)
+        bar.update(1)
+        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss", "tokens_per_s", "mfu") if k in row})
+        if save is not None and (last or out_of_time or (settings.ckpt_interval
+                                                        and state.step % settings.ckpt_interval == 0)):
+            save(state)
+        if out_of_time:
+            break
+    bar.close()
+    return state
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, batches, autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """Summed loss (nats) and number of targets over `batches` of (idx, targets); -100 targets are skipped."""
+    model.eval()
+    device = next(model.parameters()).device
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    total, count = 0.0, 0
+    for idx, targets in batches:
+        idx, targets = idx.to(device), targets.to(device)
+        with amp:
+            total += causal_lm_loss(model(idx), targets, reduction="sum").item()
+        count += int((targets != -100).sum())
+    return total, count
