@@ -221,7 +221,8 @@ def download(repo_id: str) -> Path:
     except Exception:  # not cached yet
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        raise UserError(f"{repo_id}: not in the local cache and HF_HUB_OFFLINE is set; go online or give a local path")
+        raise UserError(f"{repo_id}: not in the local cache and the hub is offline (HF_HUB_OFFLINE is set); "
+                        "go online or give a local path")
     log.info(f"downloading {repo_id} from the Hugging Face hub")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
