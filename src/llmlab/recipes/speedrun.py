@@ -40,13 +40,14 @@ class SpeedrunArgs:
     out: str = field(default="runs/speedrun", metadata={"help": "run folder for data, checkpoint and report"})
     data: list[str] = field(default_factory=list, metadata={
         "help": "text files/folders/.jsonl/.parquet; default: Python's own standard library"})
-    preset: str = field(default="llama-small", metadata={"help": "model preset", "choices": sorted(PRESETS)})
+    preset: str = field(default="llama-tiny", metadata={"help": "model preset", "choices": sorted(PRESETS)})
     vocab_size: int = field(default=4096, metadata={"help": "tokenizer vocabulary size"})
     tokenizer_mb: float = field(default=4.0, metadata={"help": "MB of text to train the tokenizer on"})
     max_minutes: float = field(default=9.0, metadata={"help": "wall-clock budget for the whole run"})
     max_steps: int | None = field(default=None, metadata={
         "help": "optimizer steps (default: as many as fit the time budget, measured on this machine)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
+    batch_size: int = field(default=8, metadata={
+        "help": "sequences per step (small batches: more updates from the few tokens a CPU sees in minutes)"})
     seq_len: int | None = field(default=None, metadata={"help": "context length (default: the preset's)"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
@@ -58,11 +59,12 @@ class SpeedrunArgs:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
-def _steps_for_budget(cfg: PretrainConfig, seconds: float) -> int:
-    """Time a few steps of a throwaway copy of the run and return how many steps fit in `seconds`."""
+def _seconds_per_token(cfg: PretrainConfig) -> float:
+    """Time a few training steps of a throwaway model like the run's; seconds per trained token."""
     device = resolve_device(cfg.device)
-    vocab = read_manifest(cfg.data)["vocab_size"]
-    overrides = {"vocab_size": vocab, **({"seq_len": cfg.seq_len} if cfg.seq_len else {})}
+    overrides = {"vocab_size": read_manifest(cfg.data)["vocab_size"]}
+    if cfg.seq_len:
+        overrides["seq_len"] = cfg.seq_len
     model = Transformer(get_preset(cfg.preset, **overrides)).to(device)
     opt = make_adamw(model, cfg.lr, device_type=device.type)
     sampler = WindowSampler(cfg.data, "train", cfg.batch_size, model.config.seq_len, seed=cfg.seed + 1)
@@ -76,8 +78,8 @@ def _steps_for_budget(cfg: PretrainConfig, seconds: float) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    per_step = sorted(times[2:])[len(times[2:]) // 2] * 1.1  # median after warm-up, plus a margin for evaluation
-    return max(10, int(seconds / per_step))
+    median = sorted(times[2:])[len(times[2:]) // 2]  # after two warm-up steps
+    return median / (cfg.batch_size * model.config.seq_len)
 
 
 def _parses_as_python(text: str) -> bool:
@@ -127,13 +129,18 @@ def run(args: SpeedrunArgs) -> dict:
     cfg = PretrainConfig(data=str(data_dir), out=str(out), preset=args.preset, seq_len=args.seq_len,
                          batch_size=args.batch_size, lr=args.lr, device=args.device, compile=args.compile,
                          seed=args.seed, resume=args.resume, progress=args.progress, max_steps=args.max_steps or 0)
-    reserve = 45.0 + 2.0 * args.samples  # final evaluation, samples and report
-    train_seconds = args.max_minutes * 60 - (time.perf_counter() - t_start) - reserve
+    per_token = _seconds_per_token(cfg)
+    # Keep time for the end: a forward pass over the validation split costs ~1/3 of a training step per token
+    # (no backward), sampling one token costs a forward over the context; 10% margin for periodic evaluations.
+    val_tokens = read_manifest(data_dir)["val"]["tokens"]
+    reserve = 10.0 + val_tokens * per_token / 3 + args.samples * args.sample_tokens * per_token * 2
+    train_seconds = (args.max_minutes * 60 - (time.perf_counter() - t_start) - reserve) / 1.1
     if train_seconds <= 10:
         raise UserError(f"--max-minutes {args.max_minutes}: no time left for training after preparing data "
-                        f"({t_data:.0f}s); raise the budget")
+                        f"({t_data:.0f}s) and keeping {reserve:.0f}s for evaluation; raise the budget")
     if not args.max_steps:
-        cfg.max_steps = _steps_for_budget(cfg, train_seconds)
+        seq_len = args.seq_len or get_preset(args.preset).seq_len
+        cfg.max_steps = max(10, int(train_seconds / (per_token * args.batch_size * seq_len)))
     cfg.max_minutes = train_seconds / 60
     cfg.warmup_steps = min(cfg.warmup_steps, max(1, cfg.max_steps // 10))
     cfg.eval_interval = max(1, cfg.max_steps // 8)

@@ -42,6 +42,7 @@ class LoopSettings:
     eval_interval: int = 0  # 0: evaluate only at the end
     ckpt_interval: int = 0  # 0: checkpoint only at the end
     max_seconds: float | None = None
+    stop_at: int | None = None  # stop (and checkpoint) after this step, keeping max_steps' schedule
     skip_bad_steps: int = 0  # how many non-finite steps may be skipped before stopping; 0 stops at the first
     flops_per_token: float | None = None
     progress: bool = True
@@ -115,7 +116,8 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
         if settings.flops_per_token and peak:
             row["mfu"] = settings.flops_per_token * n_tokens / dt / peak
         last = state.step == settings.max_steps
-        out_of_time = settings.max_seconds is not None and state.elapsed_s >= settings.max_seconds
+        out_of_time = (settings.max_seconds is not None and state.elapsed_s >= settings.max_seconds) or (
+            settings.stop_at is not None and state.step >= settings.stop_at)
         if evaluate is not None and (last or out_of_time or (settings.eval_interval
                                                             and state.step % settings.eval_interval == 0)):
             row["val_loss"] = evaluate()

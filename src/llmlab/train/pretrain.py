@@ -48,6 +48,7 @@ class PretrainConfig:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
     max_steps: int = _f(500, "optimizer steps in the whole run (sets the cosine schedule)")
     max_minutes: float | None = _f(None, "stop (and checkpoint) after this many minutes of training")
+    stop_at: int | None = _f(None, "stop (and checkpoint) after this step; --resume later continues the schedule")
     eval_interval: int = _f(100, "steps between validation losses")
     eval_tokens: int = _f(32768, "validation tokens per periodic evaluation")
     ckpt_interval: int = _f(200, "steps between checkpoints (one is always written at the end)")
@@ -129,7 +130,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                             min_lr_ratio=cfg.min_lr_ratio, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
                             eval_interval=cfg.eval_interval, ckpt_interval=cfg.ckpt_interval,
-                            max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None,
+                            max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None, stop_at=cfg.stop_at,
                             skip_bad_steps=cfg.skip_bad_steps, progress=cfg.progress,
                             flops_per_token=flops_per_token(model_config))
     t0 = time.perf_counter()
