@@ -143,8 +143,9 @@ def run(args: SpeedrunArgs) -> dict:
         cfg.max_steps = max(10, int(train_seconds / (per_token * args.batch_size * seq_len)))
     cfg.max_minutes = train_seconds / 60
     cfg.warmup_steps = min(cfg.warmup_steps, max(1, cfg.max_steps // 10))
-    cfg.eval_interval = max(1, cfg.max_steps // 8)
-    cfg.ckpt_interval = max(1, cfg.max_steps // 4)
+    cfg.eval_interval = max(25, cfg.max_steps // 8)  # about 8 points on the validation curve
+    cfg.ckpt_interval = max(50, cfg.max_steps // 4)
+    cfg.eval_tokens = 16384
     log.info(f"[3/4] pretraining {args.preset} for {cfg.max_steps} steps (budget {train_seconds:.0f}s)")
     summary = pretrain(cfg)
 

@@ -81,9 +81,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
+    device = resolve_device(cfg.device)
     manifest = read_manifest(cfg.data)
     tokenizer = Tokenizer.load(Path(cfg.data) / manifest.get("tokenizer", TOKENIZER_FILE))
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     overrides = {"vocab_size": manifest["vocab_size"], "dropout": cfg.dropout}
     if cfg.seq_len:

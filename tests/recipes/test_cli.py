@@ -1,0 +1,73 @@
+"""The command line: one-line errors with exit code 2 for user mistakes, and a toy speedrun end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmlab.cli import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "prepare", "--data", "/no/such/file.txt"], "no such file or folder"),
+    (["pretrain", "--data", "/no/such/folder"], "no manifest.json"),
+    (["pretrain", "--data", "x", "--device", "cuda:7"], "CUDA is not available"),
+    (["generate", "--checkpoint", "/no/such/checkpoint", "--prompt", "hi"], "/no/such/checkpoint"),
+])
+def test_user_mistakes_are_one_line_errors(argv, message, capsys):
+    if "cuda" in " ".join(argv):
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    assert main(argv) == 2
+    assert message in _error_line(capsys)
+
+
+def test_empty_corpus_and_unknown_config_keys(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["data", "prepare", "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "d")]) == 2
+    assert "no text found" in _error_line(capsys)
+    (tmp_path / "cfg.json").write_text(json.dumps({"lr": 0.1, "learning_rate": 0.1}))
+    assert main(["pretrain", "--config", str(tmp_path / "cfg.json")]) == 2
+    assert "unknown field(s) learning_rate" in _error_line(capsys)
+    assert not (tmp_path / "d" / "manifest.json").exists()
+
+
+def test_resume_with_different_config_from_the_cli(data_dir, tmp_path, capsys):
+    common = ["pretrain", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--preset", "llama-tiny",
+              "--seq-len", "32", "--batch-size", "2", "--max-steps", "4", "--no-progress", "--eval-tokens", "64"]
+    assert main(common + ["--stop-at", "2"]) == 0
+    assert main(common + ["--resume", "--lr", "0.01"]) == 2
+    assert "different config (lr: 0.003 -> 0.01)" in _error_line(capsys)
+
+
+def test_speedrun_toy_end_to_end(corpus_dir, tmp_path):
+    """The real entry point, as a user runs it, at a toy size."""
+    out = tmp_path / "speedrun"
+    cmd = [sys.executable, "-m", "llmlab.cli", "speedrun", "--out", str(out), "--data", str(corpus_dir),
+           "--preset", "llama-tiny", "--vocab-size", "300", "--seq-len", "64", "--max-steps", "12",
+           "--samples", "2", "--sample-tokens", "16", "--no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    for key in ("val_bpb", "gzip_bpb", "xz_bpb", "tokens_per_s", "n_params", "tokens_seen", "wall_s"):
+        assert isinstance(report[key], (int, float)), key
+    assert report["tokens_seen"] == 12 * 8 * 64 and report["steps"] == 12
+    assert 0 < report["xz_bpb"] < report["gzip_bpb"] < 8
+    assert 0 < report["val_bpb"] < 8 * 2  # untrained-ish, but a finite, sane figure
+    md = (out / "report.md").read_text()
+    assert "bits per byte" in md and "![loss curve](loss.png)" in md
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert "Traceback" not in again.stderr
