@@ -21,6 +21,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("pretrain",): ("llmlab.recipes.pretrain", "PretrainArgs", "run", "pretrain a decoder on prepared shards"),
     ("generate",): ("llmlab.recipes.generate", "GenerateArgs", "run", "generate text from a checkpoint"),
     ("chat",): ("llmlab.recipes.chat", "ChatArgs", "run", "chat in the terminal with a model's chat template"),
+    ("bench", "kv-cache"): ("llmlab.recipes.bench", "KVCacheArgs", "kv_cache",
+                            "time and memory per token with and without the KV cache, plotted"),
     ("tokenizer", "train"): ("llmlab.recipes.tokenizer", "TrainArgs", "train", "train a byte-level BPE tokenizer"),
     ("tokenizer", "encode"): ("llmlab.recipes.tokenizer", "EncodeArgs", "encode", "text -> token ids"),
     ("tokenizer", "decode"): ("llmlab.recipes.tokenizer", "DecodeArgs", "decode", "token ids -> text"),
