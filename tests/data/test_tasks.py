@@ -14,7 +14,7 @@ def test_deterministic_and_valid():
 
 def test_answers_are_correct():
     for t in make_tasks(60, seed=0):
-        q = t["messages"][0]["content"]
+        q = t["messages"][1]["content"]
         if q.startswith("Convert 3 kilometres"):
             assert t["answer"] == "3000"
         if q.startswith("Reverse the letters of '"):
@@ -28,7 +28,7 @@ def test_answers_are_correct():
 def test_held_out_is_disjoint():
     train, test = train_test_tasks(200, 50, seed=0)
     assert len(train) == 200 and len(test) == 50
-    assert not {t["messages"][0]["content"] for t in train} & {t["messages"][0]["content"] for t in test}
+    assert not {t["messages"][1]["content"] for t in train} & {t["messages"][1]["content"] for t in test}
 
 
 def test_exact_match_normalisation():

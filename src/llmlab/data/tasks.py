@@ -24,7 +24,7 @@ WORDS = ["apple", "river", "planet", "garden", "silver", "candle", "yellow", "wi
 UNITS = [("kilometres", "metres", 1000), ("metres", "centimetres", 100), ("hours", "minutes", 60),
          ("minutes", "seconds", 60), ("kilograms", "grams", 1000), ("litres", "millilitres", 1000),
          ("days", "hours", 24), ("weeks", "days", 7)]
-INSTRUCTION = " Answer with the result only."
+SYSTEM = "Answer with the result only."  # short: chat templates add a longer default system prompt otherwise
 
 
 def _arithmetic(rng: random.Random) -> tuple[str, str]:
@@ -70,7 +70,8 @@ def make_tasks(n: int, seed: int = 0, families: tuple[str, ...] = tuple(FAMILIES
     for i in range(n):
         family = families[i % len(families)]
         question, answer = FAMILIES[family](rng)
-        messages = [{"role": "user", "content": question + INSTRUCTION}, {"role": "assistant", "content": answer}]
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer}]
         tasks.append({"messages": messages, "answer": answer, "family": family})
     return tasks
 
@@ -78,8 +79,8 @@ def make_tasks(n: int, seed: int = 0, families: tuple[str, ...] = tuple(FAMILIES
 def train_test_tasks(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Disjoint train and held-out sets: held-out questions never appear in training."""
     test = make_tasks(n_test, seed=seed + 1_000_003)
-    seen = {t["messages"][0]["content"] for t in test}
-    train = [t for t in make_tasks(2 * n_train + 64, seed=seed) if t["messages"][0]["content"] not in seen]
+    seen = {t["messages"][1]["content"] for t in test}
+    train = [t for t in make_tasks(2 * n_train + 64, seed=seed) if t["messages"][1]["content"] not in seen]
     return train[:n_train], test
 
 
