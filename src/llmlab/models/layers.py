@@ -136,9 +136,9 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, Hkv, S, D), S = cached + T
         n_rep = self.n_head // self.n_kv_head
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, D)
         dropout = self.dropout if self.training else 0.0
         if self.impl == "explicit" or self.keep_weights:
+            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, D)
             y, weights = explicit_attention(q, k, v, mask, dropout)
             self.last_weights = weights.detach() if self.keep_weights else None
         elif self.impl == "sdpa":
@@ -146,7 +146,9 @@ class Attention(nn.Module):
             if causal and k.shape[-2] != T:  # queries after cached keys: SDPA's is_causal aligns top-left
                 mask = torch.ones(T, k.shape[-2], dtype=torch.bool, device=x.device).tril(k.shape[-2] - T)
                 causal = False
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+            # enable_gqa: the kernel shares each K/V head with n_rep query heads, no copy of the cache
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                                               enable_gqa=n_rep > 1)
         else:
             raise UserError(f"attention impl {self.impl!r} is unknown; use 'sdpa' or 'explicit'")
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
