@@ -14,9 +14,11 @@ The last line printed is one JSON object with the figures and the ratios (llmlab
 
 import argparse
 import json
+import multiprocessing
 import re
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -40,6 +42,7 @@ def rss_mb() -> float:
 
 
 def build(args, device):
+    """Both models with the same weights and LoRA settings: (llmlab, peft, config)."""
     torch.manual_seed(0)
     config = get_preset(args.preset, seq_len=max(args.seq_len, 256))
     ours = Transformer(config)
@@ -56,6 +59,7 @@ def build(args, device):
 
 
 def make_step(model, forward, device, dtype):
+    """One training step of `model` (forward(idx) -> logits), adapter parameters only."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -73,20 +77,30 @@ def make_step(model, forward, device, dtype):
     return step
 
 
-def peak_of(step, idx, device) -> float | None:
-    """Extra memory one step needs above what is resident before it (MB)."""
+def steps_for(ours, theirs, device, dtype) -> dict:
+    return {"llmlab": make_step(ours, ours, device, dtype),
+            "peft": make_step(theirs, lambda x: theirs(input_ids=x).logits, device, dtype)}
+
+
+def peak_of(args, name: str) -> float | None:
+    """Extra memory two training steps need above the loaded models (MB). Run in a fresh process per
+    side, so neither inherits memory the other freed (a CPU process's resident set never shrinks)."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    ours, theirs, config = build(args, device)
+    step = steps_for(ours, theirs, device, dtype)[name]
+    idx = torch.randint(0, config.vocab_size, (args.batch, args.seq_len)).to(device)
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        step(idx)
+        step(idx), step(idx)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (Linux)
     except OSError:
         return None
     base = rss_mb()
-    step(idx)
+    step(idx), step(idx)
     return rss_peak_mb() - base
 
 
@@ -109,9 +123,11 @@ def main() -> None:
     with torch.no_grad():  # same weights, adapters start at zero: the same logits
         diff = (ours(idx) - theirs(input_ids=idx).logits).abs().max().item()
     print(f"max |logits llmlab - peft| before training: {diff:.2e}")
-    steps = {"llmlab": make_step(ours, ours, device, dtype),
-             "peft": make_step(theirs, lambda x: theirs(input_ids=x).logits, device, dtype)}
-    memory = {name: peak_of(step, idx, device) for name, step in steps.items()}
+    steps = steps_for(ours, theirs, device, dtype)
+    memory = {}
+    for name in steps:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            memory[name] = pool.submit(peak_of, args, name).result()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.steps + 1):  # alternate, so background load hits both alike; round 0 is warm-up
         for name, step in (steps.items() if i % 2 == 0 else reversed(steps.items())):

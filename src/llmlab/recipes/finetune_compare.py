@@ -31,6 +31,8 @@ class CompareArgs:
     n_train: int = field(default=2000, metadata={"help": "built-in tasks: training examples"})
     eval_examples: int = field(default=64, metadata={"help": "held-out examples scored by exact match"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    bf16: bool = field(default=False, metadata={"help": "autocast matmuls to bfloat16"})
+    max_minutes: float | None = field(default=None, metadata={"help": "time cap per method (minutes)"})
     seed: int = field(default=0, metadata={"help": "seed shared by every run"})
     isolate: bool = field(default=True, metadata={"help": "run each method in its own process (clean peak memory)"})
 
