@@ -89,7 +89,7 @@ def _decode_loop(model: torch.nn.Module, prompts: list[list[int]], max_new_token
         run_from = start if use_cache else 0
         logits = model(idx, kv_cache=cache,
                        positions=positions[:, run_from:end] if padded else None,
-                       attn_mask=keys[:, :end] if padded else None)[:, -1]  # (B, V)
+                       attn_mask=keys[:, :end] if padded else None, last_only=True)[:, -1]  # (B, V)
         if step < min_new_tokens and len(stop_ids):
             logits[:, stop_ids] = float("-inf")
         prev = ids[:, :end] if repetition_penalty != 1.0 else None

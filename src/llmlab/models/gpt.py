@@ -49,12 +49,14 @@ class Transformer(nn.Module):
             block.attn.impl = impl
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids idx (B, T).
+                attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids idx (B, T); (B, 1, vocab_size) with last_only.
 
         kv_cache: continue from the cached positions and store this step's keys and values.
         positions: (B, T) position of each token; default: cache.pos + 0..T-1 (set it for left padding).
         attn_mask: (B, S) True for real keys (S = cached + T), or a full (B, T, S) mask; causality is added.
+        last_only: project only the last position to the vocabulary (generation needs no more; a 512-token
+            prefill of a 49k vocabulary would otherwise build a 100 MB logits tensor to use one row of it).
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
@@ -73,6 +75,8 @@ class Transformer(nn.Module):
             x = block(x, rope, mask, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
         return self.lm_head(self.norm_f(x))
 
     @staticmethod
