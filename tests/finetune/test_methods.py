@@ -53,6 +53,8 @@ def test_prompt_tuning_trains_only_the_prompt_and_masks_extend():
         block = tuned(idx, attn_mask=torch.ones(2, 10, 10, dtype=torch.bool))
     torch.testing.assert_close(pad, full, atol=1e-5, rtol=0)
     torch.testing.assert_close(block, full, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(idx, last_only=True), full[:, -1:], atol=1e-5, rtol=0)
     prompt0 = tuned.prompt.detach().clone()
     losses = _train(tuned, idx)
     assert losses[-1] < losses[0] and not torch.equal(prompt0, tuned.prompt)

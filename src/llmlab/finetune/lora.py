@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llmlab.common.errors import UserError
@@ -184,8 +185,6 @@ def save_adapter(model: nn.Module, path: str | Path) -> None:
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     """Apply (if needed) and fill LoRA layers from a file written by `save_adapter`."""
-    from safetensors import safe_open
-
     if not Path(path).is_file():
         raise UserError(f"{path}: no such adapter file")
     with safe_open(str(path), "pt") as f:

@@ -37,7 +37,7 @@ class PromptTuned(nn.Module):
         return torch.cat([prompt, out[:, P:]], dim=1)  # (B, P + T, C)
 
     def forward(self, idx: torch.Tensor, kv_cache=None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         if kv_cache is not None:
             raise UserError("prompt tuning runs without a KV cache; generate with use_cache=False")
         B, T = idx.shape
@@ -49,10 +49,10 @@ class PromptTuned(nn.Module):
             attn_mask = self._extend_mask(attn_mask.to(torch.bool), P)
         self._active = True
         try:
-            logits = self.model(ids, positions=positions, attn_mask=attn_mask)
+            logits = self.model(ids, positions=positions, attn_mask=attn_mask, last_only=last_only)
         finally:
             self._active = False
-        return logits[:, P:]  # (B, T, vocab)
+        return logits if last_only else logits[:, P:]  # (B, 1 or T, vocab)
 
     @staticmethod
     def _extend_mask(mask: torch.Tensor, P: int) -> torch.Tensor:
