@@ -101,3 +101,14 @@ def split_documents(docs: list[Document], val_fraction: float = 0.05) -> tuple[l
     if not train or not val:
         raise UserError("the corpus has a single document: give at least two so one can be held out for validation")
     return train, val
+
+
+def leading_text(docs: list[Document], max_chars: int) -> str:
+    """The first documents, whole, until about `max_chars` characters: a sample to train a tokenizer on."""
+    texts, total = [], 0
+    for _, text in docs:
+        if total >= max_chars:
+            break
+        texts.append(text)
+        total += len(text)
+    return "".join(texts)

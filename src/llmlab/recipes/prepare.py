@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from llmlab.common import log
 from llmlab.common.errors import UserError
 from llmlab.data.shards import prepare
-from llmlab.data.sources import default_corpus, read_documents, split_documents
+from llmlab.data.sources import default_corpus, leading_text, read_documents, split_documents
 
 
 @dataclass
@@ -30,14 +30,9 @@ def run(args: PrepareArgs) -> dict:
     if args.tokenizer:
         tokenizer = Tokenizer.load(args.tokenizer)
     else:
-        budget, sample = int(args.tokenizer_mb * 1e6), []
-        for _, text in train_docs:
-            sample.append(text)
-            budget -= len(text)
-            if budget <= 0:
-                break
-        log.info(f"training a {args.vocab_size}-token BPE tokenizer on {sum(map(len, sample)) / 1e6:.1f}M characters")
-        tokenizer = Tokenizer.train("".join(sample), args.vocab_size, progress=True)
+        sample = leading_text(train_docs, int(args.tokenizer_mb * 1e6))
+        log.info(f"training a {args.vocab_size}-token BPE tokenizer on {len(sample) / 1e6:.1f}M characters")
+        tokenizer = Tokenizer.train(sample, args.vocab_size, progress=True)
     manifest = prepare(train_docs, val_docs, tokenizer, args.out)
     log.info(f"wrote {args.out}: {manifest['train']['tokens']:,} train and {manifest['val']['tokens']:,} "
              f"validation tokens")

@@ -21,7 +21,7 @@ from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic, write_text_atomic
 from llmlab.data.loader import WindowSampler, read_manifest
 from llmlab.data.shards import prepare
-from llmlab.data.sources import default_corpus, read_documents, split_documents
+from llmlab.data.sources import default_corpus, leading_text, read_documents, split_documents
 from llmlab.eval.bpb import compressor_bpb, model_bpb
 from llmlab.infer.generate import generate
 from llmlab.models import Transformer, get_preset
@@ -114,14 +114,9 @@ def run(args: SpeedrunArgs) -> dict:
     if not (data_dir / "manifest.json").exists():
         docs = read_documents(args.data) if args.data else default_corpus()
         train_docs, val_docs = split_documents(docs)
-        budget, sample = int(args.tokenizer_mb * 1e6), []
-        for _, text in train_docs:
-            sample.append(text)
-            budget -= len(text)
-            if budget <= 0:
-                break
-        log.info(f"[1/4] tokenizer: {args.vocab_size} tokens from {sum(map(len, sample)) / 1e6:.1f}M characters")
-        tokenizer = Tokenizer.train("".join(sample), args.vocab_size, progress=args.progress)
+        sample = leading_text(train_docs, int(args.tokenizer_mb * 1e6))
+        log.info(f"[1/4] tokenizer: {args.vocab_size} tokens from {len(sample) / 1e6:.1f}M characters")
+        tokenizer = Tokenizer.train(sample, args.vocab_size, progress=args.progress)
         log.info(f"[2/4] data: tokenising {len(train_docs)} train and {len(val_docs)} validation documents")
         prepare(train_docs, val_docs, tokenizer, data_dir)
     t_data = time.perf_counter() - t_start
