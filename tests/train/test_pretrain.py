@@ -48,6 +48,11 @@ def test_schedule_warms_up_then_decays():
     lrs = [lr_at(s, 100, 1.0, 10) for s in range(101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[100] == pytest.approx(0.1) and all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    # on a time budget the decay follows the clock, whatever the step count
+    assert lr_at(50, 100, 1.0, 10, progress=0.0) == pytest.approx(1.0)
+    assert lr_at(50, 100, 1.0, 10, progress=0.5) == pytest.approx(0.55)
+    assert lr_at(5000, 100, 1.0, 10, progress=1.2) == pytest.approx(0.1)
+    assert lr_at(3, 100, 1.0, 10, progress=0.9) == pytest.approx(0.4)  # warmup still counts steps
 
 
 def test_resume_is_exact(data_dir, tmp_path):

@@ -133,15 +133,17 @@ def run(args: SpeedrunArgs) -> dict:
     if train_seconds <= 10:
         raise UserError(f"--max-minutes {args.max_minutes}: no time left for training after preparing data "
                         f"({t_data:.0f}s) and keeping {reserve:.0f}s for evaluation; raise the budget")
-    if not args.max_steps:
-        seq_len = args.seq_len or get_preset(args.preset).seq_len
-        cfg.max_steps = max(10, int(train_seconds / (per_token * args.batch_size * seq_len)))
+    seq_len = args.seq_len or get_preset(args.preset).seq_len
+    expected_steps = max(10, int(train_seconds / (per_token * args.batch_size * seq_len)))
+    if not args.max_steps:  # the schedule follows the clock; steps only cap the run
+        cfg.max_steps, cfg.schedule_by_time = 100 * expected_steps, True
     cfg.max_minutes = train_seconds / 60
-    cfg.warmup_steps = min(cfg.warmup_steps, max(1, cfg.max_steps // 10))
-    cfg.eval_interval = max(25, cfg.max_steps // 8)  # about 8 points on the validation curve
-    cfg.ckpt_interval = max(50, cfg.max_steps // 4)
+    cfg.warmup_steps = min(cfg.warmup_steps, max(1, expected_steps // 10))
+    cfg.eval_interval = max(25, expected_steps // 8)  # about 8 points on the validation curve
+    cfg.ckpt_interval = max(50, expected_steps // 4)
     cfg.eval_tokens = 16384
-    log.info(f"[3/4] pretraining {args.preset} for {cfg.max_steps} steps (budget {train_seconds:.0f}s)")
+    length = f"{train_seconds:.0f}s, about {expected_steps} steps" if cfg.schedule_by_time else f"{cfg.max_steps} steps"
+    log.info(f"[3/4] pretraining {args.preset} for {length}")
     summary = pretrain(cfg)
 
     log.info("[4/4] evaluating on held-out text and sampling")

@@ -43,6 +43,7 @@ class LoopSettings:
     ckpt_interval: int = 0  # 0: checkpoint only at the end
     max_seconds: float | None = None
     stop_at: int | None = None  # stop (and checkpoint) after this step, keeping max_steps' schedule
+    schedule_by_time: bool = False  # decay over max_seconds instead of max_steps (not bit-reproducible)
     skip_bad_steps: int = 0  # how many non-finite steps may be skipped before stopping; 0 stops at the first
     flops_per_token: float | None = None
     progress: bool = True
@@ -82,7 +83,11 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     model.train()
     while state.step < settings.max_steps:
         t0 = time.perf_counter()
-        lr = lr_at(state.step, settings.max_steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio)
+        progress = None
+        if settings.schedule_by_time and settings.max_seconds:
+            progress = (start_elapsed + time.perf_counter() - start_time) / settings.max_seconds
+        lr = lr_at(state.step, settings.max_steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio,
+                   progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, n_tokens = 0.0, 0

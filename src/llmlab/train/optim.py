@@ -28,12 +28,17 @@ def make_adamw(model: nn.Module, lr: float, weight_decay: float = 0.1, betas: tu
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=1e-8, fused=fused)
 
 
-def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
+def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float = 0.1,
+          progress: float | None = None) -> float:
     """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at max_steps.
 
     lr_at(0, 100, 1.0, 10) = 0.1; lr_at(9, 100, 1.0, 10) = 1.0; lr_at(100, 100, 1.0, 10) = 0.1.
+    `progress` (0..1), when given, replaces the step count after warmup: a run on a time budget decays
+    by elapsed time, so it fills the budget however fast the machine turns out to be.
     """
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    if progress is None:
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    progress = min(1.0, progress)
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -49,6 +49,8 @@ class PretrainConfig:
     max_steps: int = _f(500, "optimizer steps in the whole run (sets the cosine schedule)")
     max_minutes: float | None = _f(None, "stop (and checkpoint) after this many minutes of training")
     stop_at: int | None = _f(None, "stop (and checkpoint) after this step; --resume later continues the schedule")
+    schedule_by_time: bool = _f(False, "with --max-minutes: decay the learning rate over the time budget, "
+                                       "max_steps becoming an upper bound (fills the budget on any machine)")
     eval_interval: int = _f(100, "steps between validation losses")
     eval_tokens: int = _f(32768, "validation tokens per periodic evaluation")
     ckpt_interval: int = _f(200, "steps between checkpoints (one is always written at the end)")
@@ -131,6 +133,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                             min_lr_ratio=cfg.min_lr_ratio, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
                             eval_interval=cfg.eval_interval, ckpt_interval=cfg.ckpt_interval,
                             max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None, stop_at=cfg.stop_at,
+                            schedule_by_time=cfg.schedule_by_time,
                             skip_bad_steps=cfg.skip_bad_steps, progress=cfg.progress,
                             flops_per_token=flops_per_token(model_config))
     t0 = time.perf_counter()
