@@ -36,6 +36,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                             "run several fine-tuning methods on one task and write a comparison table"),
     ("merge",): ("llmlab.recipes.finetune", "MergeArgs", "run_merge",
                  "fold a LoRA adapter folder into its base model and write a full checkpoint"),
+    ("finetune-classify",): ("llmlab.recipes.finetune", "ClassifyArgs", "run_classify",
+                             "train a classification head on the last token; accuracy and confusion matrix"),
 }
 
 

@@ -86,3 +86,16 @@ def test_compare_writes_a_table(base, tmp_path):
     assert [r["method"] for r in rows] == ["lora", "prompt"]
     text = (tmp_path / "compare.md").read_text()
     assert "| lora |" in text and "exact match after" in text
+
+
+def test_classify_recipe_and_bad_rows(base, tmp_path, capsys):
+    from llmlab.finetune.classify import ClassifyConfig, classify
+
+    s = classify(ClassifyConfig(model=base, out=str(tmp_path / "c"), n_train=60, max_steps=4, batch_size=8,
+                                lr=1e-3, progress=False))
+    assert s["classes"] == ["arithmetic", "conversion", "string"] and s["held_out"] == 12
+    assert sum(map(sum, s["confusion_matrix"])) == 12 and (tmp_path / "c" / "summary.json").is_file()
+    data = tmp_path / "c.jsonl"
+    data.write_text('{"text": "buy now", "label": "spam"}\n{"text": "hi"}\n')
+    assert main(["finetune-classify", "--model", base, "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "c.jsonl:2: missing field" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""`llmlab finetune` and `llmlab merge`: adapt a pretrained model to instruction data (see llmlab.finetune.trainer).
+"""`llmlab finetune`, `llmlab finetune-classify` and `llmlab merge` (see llmlab.finetune.trainer, .classify).
 
     llmlab finetune --model smollm2-135m-instruct --data tasks --method lora --max-steps 60 --out runs/lora
     llmlab merge runs/lora --out runs/lora-merged
+    llmlab finetune-classify --model smollm2-135m-instruct --data tasks --max-steps 30 --out runs/classify
 """
 
 from dataclasses import dataclass, field
@@ -9,9 +10,15 @@ from pathlib import Path
 
 from llmlab.common import log
 from llmlab.common.errors import UserError
+from llmlab.finetune.classify import ClassifyConfig, classify
 from llmlab.finetune.trainer import FinetuneConfig, finetune
 
 FinetuneArgs = FinetuneConfig
+ClassifyArgs = ClassifyConfig
+
+
+def run_classify(args: ClassifyArgs) -> dict:
+    return classify(args)
 
 
 def run(args: FinetuneArgs) -> dict:
