@@ -99,3 +99,12 @@ def test_classify_recipe_and_bad_rows(base, tmp_path, capsys):
     data.write_text('{"text": "buy now", "label": "spam"}\n{"text": "hi"}\n')
     assert main(["finetune-classify", "--model", base, "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "c.jsonl:2: missing field" in capsys.readouterr().err
+
+
+def test_full_finetune_resumes_exactly_and_opens_with_load(base, tmp_path):
+    finetune(cfg(base, tmp_path / "a", method="full", max_steps=3, eval_examples=0))
+    finetune(cfg(base, tmp_path / "b", method="full", max_steps=2, eval_examples=0))
+    finetune(cfg(base, tmp_path / "b", method="full", max_steps=3, eval_examples=0, resume=True))
+    losses = lambda d: [r["loss"] for r in json.loads((d / "history.json").read_text())]
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), abs=1e-6)
+    assert load(tmp_path / "b").model.config.n_layer == 2
