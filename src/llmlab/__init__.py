@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # `llmlab.load` and `llmlab.save_pretrained` are imported on first use, so `import llmlab` stays free of torch
-_LAZY = {"load": "llmlab.models.pretrained", "save_pretrained": "llmlab.models.pretrained"}
+_LAZY = {"load": "llmlab.loading", "save_pretrained": "llmlab.loading"}
 
 
 def __getattr__(name: str):

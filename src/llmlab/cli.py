@@ -1,8 +1,9 @@
-"""The `llmlab` command: a table from subcommands to recipes.
+"""The `llmlab` command: a table from command words to recipes.
 
 Every entry names a module, its argument dataclass and its `run` function; the
-same `run(args)` is the Python API. User mistakes (`UserError`) print one line
-and exit 2; nothing else is caught.
+same `run(args)` is the Python API. The longest run of leading words that names
+a command picks it; only that recipe is imported. User mistakes (`UserError`)
+print one line and exit 2; nothing else is caught.
 """
 
 import argparse
@@ -32,57 +33,55 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                                "convert a tokenizer to llmlab's or Hugging Face's format"),
     ("finetune",): ("llmlab.recipes.finetune", "FinetuneArgs", "run",
                     "fine-tune a model on instruction data: full, lora, qlora, adapter or prompt"),
-    ("finetune-compare",): ("llmlab.recipes.finetune_compare", "CompareArgs", "run",
+    ("finetune", "compare"): ("llmlab.recipes.finetune_compare", "CompareArgs", "run",
                             "run several fine-tuning methods on one task and write a comparison table"),
     ("merge",): ("llmlab.recipes.finetune", "MergeArgs", "run_merge",
                  "fold a LoRA adapter folder into its base model and write a full checkpoint"),
-    ("finetune-classify",): ("llmlab.recipes.finetune", "ClassifyArgs", "run_classify",
+    ("finetune", "classify"): ("llmlab.recipes.finetune", "ClassifyArgs", "run_classify",
                              "train a classification head on the last token; accuracy and confusion matrix"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmlab", description="LLM engineering from raw text to a served model.")
-    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="_cmd0")}
-    for words, (module, args_cls, _, help_text) in sorted(COMMANDS.items()):
-        for depth in range(1, len(words)):
-            prefix = words[:depth]
-            if prefix not in groups:
-                group = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
-                groups[prefix] = group.add_subparsers(dest=f"_cmd{depth}")
-        sub = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
-        sub.set_defaults(_entry=(module, args_cls, COMMANDS[words][2]))
-    return parser
+def find_command(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
+    """The longest run of leading words that names a command, and the rest of argv.
+
+    Longest first, so `finetune compare` and `finetune` can both be commands.
+    """
+    for n in range(len(argv), 0, -1):
+        if tuple(argv[:n]) in COMMANDS:
+            return tuple(argv[:n]), argv[n:]
+    return None
 
 
-def _add_recipe_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Import only the chosen recipe (torch is slow to import) and add its flags."""
-    node = parser
-    for word in argv:
-        actions = [a for a in node._actions if isinstance(a, argparse._SubParsersAction)]
-        if not actions or word not in actions[0].choices:
-            return
-        node = actions[0].choices[word]
-        entry = node.get_default("_entry")
-        if entry:
-            module, args_cls, _ = entry
-            add_dataclass_arguments(node, getattr(importlib.import_module(module), args_cls))
-            return
+def overview(prefix: list[str]) -> str:
+    rows = [(" ".join(words), entry[3]) for words, entry in sorted(COMMANDS.items())
+            if list(words[:len(prefix)]) == prefix]
+    width = max(len(name) for name, _ in rows)
+    lines = ["usage: llmlab COMMAND [--help] [flags]", "", "LLM engineering from raw text to a served model.", "",
+             "commands:"]
+    return "\n".join(lines + [f"  {name:<{width}}  {help_text}" for name, help_text in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    try:
-        _add_recipe_arguments(parser, argv)
-        ns = parser.parse_args(argv)
-        if not getattr(ns, "_entry", None):
-            parser.print_help()
+    found = find_command(argv)
+    if found is None:
+        words = [w for w in argv if not w.startswith("-")]
+        if not any(k[:len(words)] == tuple(words) for k in COMMANDS):
+            print(f"llmlab: error: unknown command {' '.join(argv)!r}; run `llmlab --help` for the list",
+                  file=sys.stderr)
             return 2
-        module, args_cls, run_name = ns._entry
-        mod = importlib.import_module(module)
-        args = from_namespace(getattr(mod, args_cls), ns)
-        getattr(mod, run_name)(args)
+        print(overview(words))
+        return 0 if words or any(a in ("-h", "--help") for a in argv) else 2
+    words, rest = found
+    module_name, args_cls_name, run_name, help_text = COMMANDS[words]
+    try:
+        module = importlib.import_module(module_name)  # only the chosen recipe: torch is slow to import
+        args_cls = getattr(module, args_cls_name)
+        parser = argparse.ArgumentParser(prog="llmlab " + " ".join(words), description=help_text)
+        add_dataclass_arguments(parser, args_cls)
+        args = from_namespace(args_cls, parser.parse_args(rest))
+        getattr(module, run_name)(args)
     except UserError as e:
         print(f"llmlab: error: {e}", file=sys.stderr)
         return 2

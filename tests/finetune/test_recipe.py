@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
+import llmlab
 from llmlab.cli import main
 from llmlab.common import log
 from llmlab.common.errors import UserError
 from llmlab.data.tasks import make_tasks
-from llmlab.finetune.peft_format import load_adapter_dir
+from llmlab.finetune.lora import LoRALinear
 from llmlab.finetune.trainer import METHODS, FinetuneConfig, finetune
 from llmlab.models import Transformer, get_preset
 from llmlab.models.pretrained import load
@@ -60,7 +61,8 @@ def test_lora_resume_is_exact_and_output_opens(base, tmp_path):
     with pytest.raises(UserError, match="not empty"):
         finetune(cfg(base, tmp_path / "b"))
     # the adapter folder opens as base + adapter, and merging gives the same logits
-    adapted = load_adapter_dir(tmp_path / "a")
+    adapted = llmlab.load(tmp_path / "a")
+    assert isinstance(adapted.model.blocks[0].attn.q_proj, LoRALinear)
     idx = torch.randint(0, 320, (1, 12))
     with torch.no_grad():
         expected = adapted.model(idx)
@@ -97,7 +99,7 @@ def test_classify_recipe_and_bad_rows(base, tmp_path, capsys):
     assert sum(map(sum, s["confusion_matrix"])) == 12 and (tmp_path / "c" / "summary.json").is_file()
     data = tmp_path / "c.jsonl"
     data.write_text('{"text": "buy now", "label": "spam"}\n{"text": "hi"}\n')
-    assert main(["finetune-classify", "--model", base, "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert main(["finetune", "classify", "--model", base, "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "c.jsonl:2: missing field" in capsys.readouterr().err
 
 

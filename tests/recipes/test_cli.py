@@ -71,3 +71,18 @@ def test_speedrun_toy_end_to_end(corpus_dir, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already holds a run" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_longest_command_prefix_wins_and_help_lists_commands(capsys):
+    from llmlab.cli import find_command
+
+    assert find_command(["finetune", "compare", "--max-steps", "2"]) == (("finetune", "compare"), ["--max-steps", "2"])
+    assert find_command(["finetune", "--model", "m"]) == (("finetune",), ["--model", "m"])
+    assert find_command(["merge", "adapter_dir"]) == (("merge",), ["adapter_dir"])
+    assert find_command(["tokenizer"]) is None
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert "finetune compare" in listing and "speedrun" in listing
+    assert main(["tokenizer"]) == 0 and "tokenizer train" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2
+    assert "unknown command" in _error_line(capsys)

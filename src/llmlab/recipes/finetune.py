@@ -1,8 +1,8 @@
-"""`llmlab finetune`, `llmlab finetune-classify` and `llmlab merge` (see llmlab.finetune.trainer, .classify).
+"""`llmlab finetune`, `llmlab finetune classify` and `llmlab merge` (see llmlab.finetune.trainer, .classify).
 
     llmlab finetune --model smollm2-135m-instruct --data tasks --method lora --max-steps 60 --out runs/lora
     llmlab merge runs/lora --out runs/lora-merged
-    llmlab finetune-classify --model smollm2-135m-instruct --data tasks --max-steps 30 --out runs/classify
+    llmlab finetune classify --model smollm2-135m-instruct --data tasks --max-steps 30 --out runs/classify
 """
 
 from dataclasses import dataclass, field

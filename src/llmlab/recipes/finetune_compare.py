@@ -1,4 +1,4 @@
-"""`llmlab finetune-compare`: the same task, base and budget for several methods, side by side.
+"""`llmlab finetune compare`: the same task, base and budget for several methods, side by side.
 
 Each method runs in a fresh process (so peak memory is its own), writes its
 folder under --out, and the table of trainable parameters, peak memory, time
