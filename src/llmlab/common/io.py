@@ -8,15 +8,19 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, then rename the temp file over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); give the usual permissions
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes files private (0600); give the usual permissions
     try:
         write(tmp)
         os.replace(tmp, path)

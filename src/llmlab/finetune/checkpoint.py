@@ -7,14 +7,12 @@ every time would write hundreds of MB to keep a few. This folder holds
     trainer_state.safetensors  optimizer moments and RNG states (`llmlab.train.checkpoint`'s layout)
     finetune.json              step, history, run arguments, optimizer param groups
 
-and is written aside and swapped in by rename, like full checkpoints. Full
-fine-tuning uses `llmlab.train.checkpoint` directly. (Candidate to move into
-`llmlab.train.checkpoint` as a `trainable_only` option.)
+and is written aside and swapped in by rename, like full checkpoints (the swap
+and the optimizer/RNG state come from `llmlab.train.checkpoint`). Full
+fine-tuning uses `llmlab.train.checkpoint` directly.
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic
-from llmlab.train.checkpoint import STATE_FILE, _optimizer_tensors, _rng_tensors
+from llmlab.train.checkpoint import load_trainer_state, save_trainer_state, write_folder_atomically
 
 META_FILE = "finetune.json"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -36,22 +34,12 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_trainable_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                               meta: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    def fill(tmp: Path) -> None:
         save_file(trainable_tensors(model), tmp / TRAINABLE_FILE)
-        tensors, groups = _optimizer_tensors(optimizer)
-        save_file({k: v.cpu().contiguous() for k, v in {**tensors, **_rng_tensors()}.items()}, tmp / STATE_FILE)
+        groups = save_trainer_state(tmp, optimizer)
         write_json_atomic(tmp / META_FILE, {**meta, "optimizer_param_groups": groups})
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder_atomically(path, fill)
 
 
 def restore_trainable_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -70,12 +58,5 @@ def restore_trainable_checkpoint(path: str | Path, model: nn.Module, optimizer: 
                 raise UserError(f"--resume {path}: tensor {name} does not fit this model; same --method, --rank "
                                 "and --targets as the original run?")
             params[name].copy_(value)
-    state = load_file(path / STATE_FILE)
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
-            per_param.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": meta["optimizer_param_groups"]})
-    torch.set_rng_state(state["rng.cpu"])
+    load_trainer_state(path, optimizer, meta["optimizer_param_groups"])
     return meta

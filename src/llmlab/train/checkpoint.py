@@ -10,8 +10,10 @@ crash leaves the previous checkpoint whole (as `<dir>.old` during the swap).
 """
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmlab.common.errors import UserError
-from llmlab.common.io import write_json_atomic
+from llmlab.common.io import current_umask, write_json_atomic
 from llmlab.models import ModelConfig, Transformer
 
 META_FILE = "llmlab.json"
@@ -44,34 +46,17 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = optimizer.state_dict()
-    tensors = {f"optim.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()}
-    return tensors, sd["param_groups"]
+def write_folder_atomically(path: str | Path, fill: Callable[[Path], None]) -> None:
+    """Call `fill(tmp)` on a fresh sibling folder, then swap it in for `path` by rename.
 
-
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    out = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        out.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return out
-
-
-def save_checkpoint(path: str | Path, model: Transformer, tokenizer, meta: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write a whole checkpoint folder atomically (write aside, then swap)."""
+    During the swap the previous folder is `<path>.old`; readers fall back to it (see `_resolve`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        save_file({k: v.cpu() for k, v in model_tensors(model).items()}, tmp / WEIGHTS_FILE)
-        meta = {"format": "llmlab-checkpoint", "version": 1, "model": model.config.to_dict(), **meta}
-        if optimizer is not None:
-            tensors, groups = _optimizer_tensors(optimizer)
-            save_file({k: v.cpu().contiguous() for k, v in {**tensors, **_rng_tensors()}.items()}, tmp / STATE_FILE)
-            meta["optimizer_param_groups"] = groups
-        tokenizer.save(tmp / TOKENIZER_FILE)
-        write_json_atomic(tmp / META_FILE, meta)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes folders private (0700)
+        fill(tmp)
         old = path.with_name(path.name + ".old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -80,6 +65,49 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer, meta: dict[
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Write optimizer moments and RNG states to `folder/trainer_state.safetensors`; return the param groups
+    (plain numbers, for the caller's JSON)."""
+    sd = optimizer.state_dict()
+    tensors = {f"optim.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()}
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, folder / STATE_FILE)
+    return sd["param_groups"]
+
+
+def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer, param_groups: list[dict]) -> None:
+    """Restore what `save_trainer_state` wrote, so the next step is the one the original run would take."""
+    if not (folder / STATE_FILE).is_file():
+        raise UserError(f"{folder}: this checkpoint has no {STATE_FILE}, so training cannot resume from it")
+    state = load_file(folder / STATE_FILE)
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith("optim."):  # torch moves each moment to its parameter's device on load
+            _, i, name = key.split(".", 2)
+            per_param.setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": param_groups})
+    torch.set_rng_state(state["rng.cpu"])
+    cuda_states = [state[k] for k in sorted(k for k in state if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def save_checkpoint(path: str | Path, model: Transformer, tokenizer, meta: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Write a whole checkpoint folder atomically (write aside, then swap)."""
+    def fill(tmp: Path) -> None:
+        save_file({k: v.cpu() for k, v in model_tensors(model).items()}, tmp / WEIGHTS_FILE)
+        full_meta = {"format": "llmlab-checkpoint", "version": 1, "model": model.config.to_dict(), **meta}
+        if optimizer is not None:
+            full_meta["optimizer_param_groups"] = save_trainer_state(tmp, optimizer)
+        tokenizer.save(tmp / TOKENIZER_FILE)
+        write_json_atomic(tmp / META_FILE, full_meta)
+
+    write_folder_atomically(path, fill)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -138,17 +166,5 @@ def restore_training_state(path: str | Path, model: Transformer, optimizer: torc
     path = _resolve(path)
     meta = read_meta(path)
     load_weights(model, path)
-    if not (path / STATE_FILE).is_file():
-        raise UserError(f"{path}: this checkpoint has no {STATE_FILE}, so training cannot resume from it")
-    state = load_file(path / STATE_FILE)
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        if key.startswith("optim."):  # torch moves each moment to its parameter's device on load
-            _, i, name = key.split(".", 2)
-            per_param.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": meta["optimizer_param_groups"]})
-    torch.set_rng_state(state["rng.cpu"])
-    cuda_states = [state[k] for k in sorted(k for k in state if k.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    load_trainer_state(path, optimizer, meta["optimizer_param_groups"])
     return meta
