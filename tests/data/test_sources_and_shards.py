@@ -29,8 +29,11 @@ def test_reads_text_jsonl_and_parquet(tmp_path):
     (tmp_path / "a.txt").write_text("plain text")
     (tmp_path / "b.jsonl").write_text('{"text": "row one"}\n\n{"text": "row two"}\n')
     pq.write_table(pa.table({"text": ["from parquet", None]}), tmp_path / "c.parquet")
-    texts = sorted(t for _, t in read_documents([str(tmp_path)]))
-    assert texts == ["from parquet", "plain text", "row one", "row two"]
+    docs = read_documents([str(tmp_path)])
+    assert sorted(t for _, t in docs) == ["from parquet", "plain text", "row one", "row two"]
+    folder = tmp_path.name  # names are relative to what was given, so the split is the same anywhere
+    assert sorted(n for n, _ in docs) == [f"{folder}/a.txt", f"{folder}/b.jsonl:1", f"{folder}/b.jsonl:3",
+                                          f"{folder}/c.parquet#0"]
 
 
 def test_bad_sources_give_clear_errors(tmp_path):

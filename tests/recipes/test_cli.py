@@ -23,7 +23,6 @@ def _error_line(capsys) -> str:
 ])
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):
     if "cuda" in " ".join(argv):
-        pytest.importorskip("torch")
         import torch
 
         if torch.cuda.is_available():
@@ -62,7 +61,7 @@ def test_speedrun_toy_end_to_end(corpus_dir, tmp_path):
     for key in ("val_bpb", "gzip_bpb", "xz_bpb", "tokens_per_s", "n_params", "tokens_seen", "wall_s"):
         assert isinstance(report[key], (int, float)), key
     assert report["tokens_seen"] == 12 * 8 * 64 and report["steps"] == 12
-    assert 0 < report["xz_bpb"] < report["gzip_bpb"] < 8
+    assert 0 < report["xz_bpb"] < 8 and 0 < report["gzip_bpb"] < 8
     assert 0 < report["val_bpb"] < 8 * 2  # untrained-ish, but a finite, sane figure
     md = (out / "report.md").read_text()
     assert "bits per byte" in md and "![loss curve](loss.png)" in md
@@ -71,6 +70,10 @@ def test_speedrun_toy_end_to_end(corpus_dir, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already holds a run" in again.stderr
     assert "Traceback" not in again.stderr
+    longer = [a if a != "12" else "16" for a in cmd] + ["--resume"]
+    resumed = subprocess.run(longer, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "report.json").read_text())["steps"] == 16
 
 
 def test_longest_command_prefix_wins_and_help_lists_commands(capsys):

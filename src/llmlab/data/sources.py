@@ -34,7 +34,7 @@ def default_corpus() -> list[Document]:
     return [d for d in docs if d[1].strip()]
 
 
-def _read_jsonl(path: Path) -> Iterator[Document]:
+def _read_jsonl(path: Path, name: str) -> Iterator[Document]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -45,10 +45,10 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise UserError(f"{path}:{lineno}: each row needs a string field 'text'")
-            yield f"{path}:{lineno}", row["text"]
+            yield f"{name}:{lineno}", row["text"]
 
 
-def _read_parquet(path: Path) -> Iterator[Document]:
+def _read_parquet(path: Path, name: str) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
@@ -57,30 +57,38 @@ def _read_parquet(path: Path) -> Iterator[Document]:
         raise UserError(f"{path}: cannot read a 'text' column from this Parquet file ({e})") from None
     for i, text in enumerate(table.column("text").to_pylist()):
         if isinstance(text, str):
-            yield f"{path}#{i}", text
+            yield f"{name}#{i}", text
 
 
-def _read_file(path: Path) -> Iterator[Document]:
+def _read_file(path: Path, name: str) -> Iterator[Document]:
     if path.suffix == ".jsonl":
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, name)
     elif path.suffix == ".parquet":
-        yield from _read_parquet(path)
+        yield from _read_parquet(path, name)
     else:
         data = path.read_bytes()
         if b"\x00" in data[:8192]:
             return  # binary file in a folder: not text
-        yield str(path), data.decode("utf-8", errors="replace")
+        yield name, data.decode("utf-8", errors="replace")
 
 
 def read_documents(paths: list[str]) -> list[Document]:
-    """Documents from files and folders; a clear error for missing paths or no text at all."""
+    """Documents from files and folders; a clear error for missing paths or no text at all.
+
+    Documents are named relative to the path given (`corpus/a.txt`, `rows.jsonl:7`), so the split does not
+    depend on where the corpus lies on disk.
+    """
     docs: list[Document] = []
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"--data {p}: no such file or folder")
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
-        for f in files:
-            docs.extend(d for d in _read_file(f) if d[1].strip())
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            named = [(f, f"{p.name}/{f.relative_to(p).as_posix()}") for f in files]
+        else:
+            named = [(p, p.name)]
+        for f, name in named:
+            docs.extend(d for d in _read_file(f, name) if d[1].strip())
     if not docs:
         raise UserError(f"--data {' '.join(paths)}: no text found (empty files, or no 'text' field); "
                         "give files with text in them")

@@ -27,6 +27,7 @@ from llmlab.infer.generate import generate
 from llmlab.models import Transformer, get_preset
 from llmlab.models.config import PRESETS
 from llmlab.tokenizer import Tokenizer
+from llmlab.train.checkpoint import read_meta
 from llmlab.train.objectives import causal_lm_loss
 from llmlab.train.optim import make_adamw
 from llmlab.train.plot import plot_loss_curve
@@ -142,6 +143,8 @@ def run(args: SpeedrunArgs) -> dict:
     cfg.eval_interval = max(25, expected_steps // 8)  # about 8 points on the validation curve
     cfg.ckpt_interval = max(50, expected_steps // 4)
     cfg.eval_tokens = 16384
+    if args.resume:  # keep the interrupted run's warmup, which the resume check compares
+        cfg.warmup_steps = read_meta(out / "checkpoint")["run"]["warmup_steps"]
     length = f"{train_seconds:.0f}s, about {expected_steps} steps" if cfg.schedule_by_time else f"{cfg.max_steps} steps"
     log.info(f"[3/4] pretraining {args.preset} for {length}")
     summary = pretrain(cfg)
