@@ -78,13 +78,16 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     peak = peak_flops(device)
     start_time, start_elapsed = time.perf_counter(), state.elapsed_s
-    bar = tqdm(total=settings.max_steps, initial=state.step, disable=not settings.progress, unit="step",
-               dynamic_ncols=True)
+    by_time = settings.schedule_by_time and settings.max_seconds
+    # a run on a time budget counts seconds, since its step count is only a cap
+    bar = tqdm(total=round(settings.max_seconds) if by_time else settings.max_steps,
+               initial=round(start_elapsed) if by_time else state.step, unit="s" if by_time else "step",
+               disable=not settings.progress, dynamic_ncols=True)
     model.train()
     while state.step < settings.max_steps:
         t0 = time.perf_counter()
         progress = None
-        if settings.schedule_by_time and settings.max_seconds:
+        if by_time:
             progress = (start_elapsed + time.perf_counter() - start_time) / settings.max_seconds
         lr = lr_at(state.step, settings.max_steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio,
                    progress)
@@ -121,19 +124,19 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
         if settings.flops_per_token and peak:
             row["mfu"] = settings.flops_per_token * n_tokens / dt / peak
         last = state.step == settings.max_steps
-        out_of_time = (settings.max_seconds is not None and state.elapsed_s >= settings.max_seconds) or (
+        stop_now = (settings.max_seconds is not None and state.elapsed_s >= settings.max_seconds) or (
             settings.stop_at is not None and state.step >= settings.stop_at)
-        if evaluate is not None and (last or out_of_time or (settings.eval_interval
-                                                            and state.step % settings.eval_interval == 0)):
+        if evaluate is not None and (last or stop_now or (settings.eval_interval
+                                                         and state.step % settings.eval_interval == 0)):
             row["val_loss"] = evaluate()
             model.train()
         state.history.append(row)
-        bar.update(1)
+        bar.update(min(round(state.elapsed_s), bar.total) - bar.n if by_time else 1)
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss", "tokens_per_s", "mfu") if k in row})
-        if save is not None and (last or out_of_time or (settings.ckpt_interval
-                                                        and state.step % settings.ckpt_interval == 0)):
+        if save is not None and (last or stop_now or (settings.ckpt_interval
+                                                     and state.step % settings.ckpt_interval == 0)):
             save(state)
-        if out_of_time:
+        if stop_now:
             break
     bar.close()
     return state
