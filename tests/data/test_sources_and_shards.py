@@ -91,3 +91,12 @@ def test_sequential_windows_predict_every_token_once(data_dir):
     manifest = read_manifest(data_dir)
     targets = [t[t != -100] for _, t in sequential_windows(data_dir, "val", batch_size=4, seq_len=16)]
     assert sum(len(t) for t in targets) == manifest["val"]["tokens"] - 1
+
+
+def test_evaluation_subset_spans_the_whole_split(data_dir):
+    rows = lambda batches: [(x[t != -100]).tolist() for xs, ts in batches for x, t in zip(xs, ts, strict=True)]
+    everything = rows(sequential_windows(data_dir, "val", batch_size=1, seq_len=16))
+    subset = rows(sequential_windows(data_dir, "val", batch_size=2, seq_len=16, max_tokens=64))
+    assert len(subset) == 4 and len(everything) > 8
+    assert subset[0] == everything[0] and subset[-1] == everything[-1]  # first and last windows of the split
+    assert all(row in everything for row in subset)

@@ -75,19 +75,18 @@ def sequential_windows(data_dir: str | Path, split: str, batch_size: int, seq_le
                        max_tokens: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every token of a split predicted exactly once (but the first of each shard), in order: for evaluation.
 
-    Windows overlap by one token, so targets tile the stream; the last window may be shorter.
+    Windows overlap by one token, so targets tile the stream; the last window may be shorter. With
+    `max_tokens`, a subset of windows spread evenly over the whole split, so a quick estimate is not
+    biased towards whichever documents happen to come first.
     """
-    windows = []
-    budget = max_tokens if max_tokens is not None else float("inf")
-    for shard in open_split(data_dir, split):
-        for start in range(0, len(shard) - 1, seq_len):
-            if budget <= 0:
-                break
-            chunk = np.asarray(shard[start:start + seq_len + 1], dtype=np.int64)
-            windows.append(torch.from_numpy(chunk))
-            budget -= len(chunk) - 1
+    shards = open_split(data_dir, split)
+    windows = [(s, start) for s, shard in enumerate(shards) for start in range(0, len(shard) - 1, seq_len)]
+    if max_tokens is not None and len(windows) * seq_len > max_tokens:
+        keep = np.linspace(0, len(windows) - 1, max(1, max_tokens // seq_len)).round().astype(int)
+        windows = [windows[i] for i in sorted(set(keep.tolist()))]
     for i in range(0, len(windows), batch_size):
-        group = windows[i:i + batch_size]
+        group = [torch.from_numpy(np.asarray(shards[s][start:start + seq_len + 1], dtype=np.int64))
+                 for s, start in windows[i:i + batch_size]]
         T = max(len(w) for w in group) - 1
         idx = torch.zeros(len(group), T, dtype=torch.long)
         targets = torch.full((len(group), T), -100, dtype=torch.long)  # -100: no target (padding)
