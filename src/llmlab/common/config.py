@@ -19,6 +19,16 @@ from llmlab.common.errors import UserError
 T = TypeVar("T")
 
 
+def arg(default: Any, help: str, **metadata: Any) -> Any:
+    """A recipe field with its CLI help: `lr: float = arg(3e-3, "peak learning rate")`.
+
+    List defaults are copied per instance; extra metadata (positional, short, choices) passes through.
+    """
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

@@ -10,7 +10,7 @@ split before and after; everything goes to <out>/summary.json, the trained part 
 import dataclasses
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic
@@ -30,27 +31,23 @@ from llmlab.train.loop import LoopSettings, TrainState, train_loop
 from llmlab.train.optim import make_adamw
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class ClassifyConfig:
-    model: str = _f("smollm2-135m-instruct", "base model: alias, GGUF file, HF folder or llmlab checkpoint")
-    data: str = _f("tasks", "'tasks' (built-in: task family from the question) or a .jsonl of text/label rows")
-    out: str = _f("runs/classify", "output folder: summary.json, checkpoint/")
-    train_last_blocks: int = _f(1, "how many of the last blocks train along with the head")
-    lr: float = _f(5e-5, "peak learning rate")
-    warmup_steps: int = _f(5, "linear warmup steps")
-    batch_size: int = _f(8, "texts per step")
-    seq_len: int = _f(128, "texts are cut to this many tokens")
-    max_steps: int = _f(50, "optimizer steps")
-    val_fraction: float = _f(0.2, "share held out for accuracy and the confusion matrix")
-    n_train: int = _f(600, "built-in tasks: number of texts (train + held out)")
-    skip_bad_rows: bool = _f(False, "skip malformed rows (counted) instead of stopping")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    seed: int = _f(0, "seed for the head, data order and split")
-    progress: bool = _f(True, "show a progress bar")
+    model: str = arg("smollm2-135m-instruct", "base model: alias, GGUF file, HF folder or llmlab checkpoint")
+    data: str = arg("tasks", "'tasks' (built-in: task family from the question) or a .jsonl of text/label rows")
+    out: str = arg("runs/classify", "output folder: summary.json, checkpoint/")
+    train_last_blocks: int = arg(1, "how many of the last blocks train along with the head")
+    lr: float = arg(5e-5, "peak learning rate")
+    warmup_steps: int = arg(5, "linear warmup steps")
+    batch_size: int = arg(8, "texts per step")
+    seq_len: int = arg(128, "texts are cut to this many tokens")
+    max_steps: int = arg(50, "optimizer steps")
+    val_fraction: float = arg(0.2, "share held out for accuracy and the confusion matrix")
+    n_train: int = arg(600, "built-in tasks: number of texts (train + held out)")
+    skip_bad_rows: bool = arg(False, "skip malformed rows (counted) instead of stopping")
+    device: str = arg("auto", "cpu, cuda, cuda:N or auto")
+    seed: int = arg(0, "seed for the head, data order and split")
+    progress: bool = arg(True, "show a progress bar")
 
 
 def read_classification_jsonl(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[tuple[str, str]], int]:

@@ -19,7 +19,7 @@ import re
 import statistics
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic
@@ -47,46 +48,41 @@ METHODS = ("full", "lora", "qlora", "adapter", "prompt")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "qlora": 2e-3, "adapter": 1e-3, "prompt": 3e-2}
 
 
-def _f(default, help: str, **kw):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
 
 @dataclass
 class FinetuneConfig:
-    model: str = _f("smollm2-135m-instruct", "base model: alias, GGUF file, HF folder or llmlab checkpoint")
-    data: str = _f("tasks", "'tasks' (built-in, generated offline), a .jsonl file, or a HF dataset name")
-    method: str = _f("lora", "what trains", choices=METHODS)
-    out: str = _f("runs/finetune", "output folder (adapter files or a full checkpoint, summary.json)")
-    rank: int = _f(8, "LoRA rank; adapter bottleneck width; number of virtual tokens for prompt tuning")
-    alpha: float = _f(16.0, "LoRA alpha (the update is scaled by alpha/rank)")
-    dropout: float = _f(0.0, "dropout on the LoRA input")
-    targets: list[str] = _f(["q_proj", "v_proj"], "LoRA target modules: names, dotted suffixes or regexes")
-    lr: float | None = _f(None, "peak learning rate (default per method: full 5e-5, lora/qlora 2e-3, "
+    model: str = arg("smollm2-135m-instruct", "base model: alias, GGUF file, HF folder or llmlab checkpoint")
+    data: str = arg("tasks", "'tasks' (built-in, generated offline), a .jsonl file, or a HF dataset name")
+    method: str = arg("lora", "what trains", choices=METHODS)
+    out: str = arg("runs/finetune", "output folder (adapter files or a full checkpoint, summary.json)")
+    rank: int = arg(8, "LoRA rank; adapter bottleneck width; number of virtual tokens for prompt tuning")
+    alpha: float = arg(16.0, "LoRA alpha (the update is scaled by alpha/rank)")
+    dropout: float = arg(0.0, "dropout on the LoRA input")
+    targets: list[str] = arg(["q_proj", "v_proj"], "LoRA target modules: names, dotted suffixes or regexes")
+    lr: float | None = arg(None, "peak learning rate (default per method: full 5e-5, lora/qlora 2e-3, "
                                 "adapter 1e-3, prompt 3e-2)")
-    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = _f(10, "linear warmup steps")
-    weight_decay: float = _f(0.0, "AdamW decoupled weight decay (matrices only)")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
-    batch_size: int = _f(4, "rows per micro-batch (packed rows hold several examples)")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
-    seq_len: int = _f(256, "tokens per row; longer examples are cut")
-    packing: bool = _f(True, "pack short examples into rows (attention stays within each example)")
-    max_steps: int = _f(100, "optimizer steps in the whole run")
-    max_minutes: float | None = _f(None, "stop (and save) after this many minutes of training")
-    val_fraction: float = _f(0.1, "share of a data file held out for validation")
-    eval_interval: int = _f(0, "steps between validation losses (0: at the end)")
-    ckpt_interval: int = _f(50, "steps between checkpoints (one is always written at the end)")
-    n_train: int = _f(2000, "built-in tasks: training examples")
-    eval_examples: int = _f(64, "held-out examples scored by exact match before and after (0: skip)")
-    max_new_tokens: int = _f(12, "tokens generated per exact-match answer")
-    skip_bad_rows: bool = _f(False, "skip malformed data rows (counted in the summary) instead of stopping")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    bf16: bool = _f(False, "autocast matmuls to bfloat16 (fast on GPUs and on CPUs with AMX)")
-    seed: int = _f(0, "seed for adapter init, data order and dropout")
-    resume: bool = _f(False, "continue from the checkpoint in --out exactly where it stopped")
-    progress: bool = _f(True, "show a progress bar")
+    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = arg(10, "linear warmup steps")
+    weight_decay: float = arg(0.0, "AdamW decoupled weight decay (matrices only)")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0: off)")
+    batch_size: int = arg(4, "rows per micro-batch (packed rows hold several examples)")
+    grad_accum: int = arg(1, "micro-batches per optimizer step")
+    seq_len: int = arg(256, "tokens per row; longer examples are cut")
+    packing: bool = arg(True, "pack short examples into rows (attention stays within each example)")
+    max_steps: int = arg(100, "optimizer steps in the whole run")
+    max_minutes: float | None = arg(None, "stop (and save) after this many minutes of training")
+    val_fraction: float = arg(0.1, "share of a data file held out for validation")
+    eval_interval: int = arg(0, "steps between validation losses (0: at the end)")
+    ckpt_interval: int = arg(50, "steps between checkpoints (one is always written at the end)")
+    n_train: int = arg(2000, "built-in tasks: training examples")
+    eval_examples: int = arg(64, "held-out examples scored by exact match before and after (0: skip)")
+    max_new_tokens: int = arg(12, "tokens generated per exact-match answer")
+    skip_bad_rows: bool = arg(False, "skip malformed data rows (counted in the summary) instead of stopping")
+    device: str = arg("auto", "cpu, cuda, cuda:N or auto")
+    bf16: bool = arg(False, "autocast matmuls to bfloat16 (fast on GPUs and on CPUs with AMX)")
+    seed: int = arg(0, "seed for adapter init, data order and dropout")
+    resume: bool = arg(False, "continue from the checkpoint in --out exactly where it stopped")
+    progress: bool = arg(True, "show a progress bar")
 
 
 RESUME_KEYS = ("model", "data", "method", "rank", "alpha", "dropout", "targets", "lr", "batch_size", "grad_accum",

@@ -9,12 +9,13 @@ runs the loop and writes `<out>/checkpoint`, `<out>/run_config.json` and
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic
@@ -28,38 +29,34 @@ from llmlab.train.loop import LoopSettings, TrainState, evaluate_loss, train_loo
 from llmlab.train.optim import make_adamw
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class PretrainConfig:
-    data: str = _f("runs/data", "folder written by `llmlab data prepare` (manifest.json + shards)")
-    out: str = _f("runs/pretrain", "run folder: checkpoint/, run_config.json, history.json")
-    preset: str = _f("llama-small", "model preset", choices=sorted(PRESETS))
-    seq_len: int | None = _f(None, "context length (default: the preset's)")
-    dropout: float = _f(0.0, "dropout probability")
-    batch_size: int = _f(16, "sequences per micro-batch")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
-    lr: float = _f(3e-3, "peak learning rate")
-    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = _f(30, "linear warmup steps")
-    weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matrices only)")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
-    max_steps: int = _f(500, "optimizer steps in the whole run (sets the cosine schedule)")
-    max_minutes: float | None = _f(None, "stop (and checkpoint) after this many minutes of training")
-    stop_at: int | None = _f(None, "stop (and checkpoint) after this step; --resume later continues the schedule")
-    schedule_by_time: bool = _f(False, "with --max-minutes: decay the learning rate over the time budget, "
+    data: str = arg("runs/data", "folder written by `llmlab data prepare` (manifest.json + shards)")
+    out: str = arg("runs/pretrain", "run folder: checkpoint/, run_config.json, history.json")
+    preset: str = arg("llama-small", "model preset", choices=sorted(PRESETS))
+    seq_len: int | None = arg(None, "context length (default: the preset's)")
+    dropout: float = arg(0.0, "dropout probability")
+    batch_size: int = arg(16, "sequences per micro-batch")
+    grad_accum: int = arg(1, "micro-batches per optimizer step")
+    lr: float = arg(3e-3, "peak learning rate")
+    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = arg(30, "linear warmup steps")
+    weight_decay: float = arg(0.1, "AdamW decoupled weight decay (matrices only)")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0: off)")
+    max_steps: int = arg(500, "optimizer steps in the whole run (sets the cosine schedule)")
+    max_minutes: float | None = arg(None, "stop (and checkpoint) after this many minutes of training")
+    stop_at: int | None = arg(None, "stop (and checkpoint) after this step; --resume later continues the schedule")
+    schedule_by_time: bool = arg(False, "with --max-minutes: decay the learning rate over the time budget, "
                                        "max_steps becoming an upper bound (fills the budget on any machine)")
-    eval_interval: int = _f(100, "steps between validation losses")
-    eval_tokens: int = _f(32768, "validation tokens per periodic evaluation")
-    ckpt_interval: int = _f(200, "steps between checkpoints (one is always written at the end)")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    compile: bool = _f(False, "torch.compile the model")
-    seed: int = _f(1337, "seed for weights, sampling and dropout")
-    resume: bool = _f(False, "continue from <out>/checkpoint exactly where it stopped")
-    skip_bad_steps: int = _f(0, "skip up to N steps whose loss is not finite (default: stop at the first)")
-    progress: bool = _f(True, "show a progress bar")
+    eval_interval: int = arg(100, "steps between validation losses")
+    eval_tokens: int = arg(32768, "validation tokens per periodic evaluation")
+    ckpt_interval: int = arg(200, "steps between checkpoints (one is always written at the end)")
+    device: str = arg("auto", "cpu, cuda, cuda:N or auto")
+    compile: bool = arg(False, "torch.compile the model")
+    seed: int = arg(1337, "seed for weights, sampling and dropout")
+    resume: bool = arg(False, "continue from <out>/checkpoint exactly where it stopped")
+    skip_bad_steps: int = arg(0, "skip up to N steps whose loss is not finite (default: stop at the first)")
+    progress: bool = arg(True, "show a progress bar")
 
 
 # Settings that must not change across a resume (max_steps and max_minutes may, to extend a run).
