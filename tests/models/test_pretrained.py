@@ -128,3 +128,10 @@ def test_alias_resolves_to_the_package_file_or_the_hub(monkeypatch):
         assert path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert resolve_alias("smollm2-135m-instruct") == ALIASES["smollm2-135m-instruct"][2]
+
+
+def test_a_missing_path_under_a_local_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match="runs/nope: no such file or folder"):
+        llmlab.load("runs/nope")

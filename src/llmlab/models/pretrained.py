@@ -233,9 +233,10 @@ def download(repo_id: str) -> Path:
 
 
 def _looks_like_hub_id(source: str) -> bool:
+    """org/name, unless `org` is a local folder: then the user meant a path (runs/mymodel)."""
     parts = source.split("/")
     return (len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
-            and not source.endswith((".gguf", ".safetensors", ".json")))
+            and not source.endswith((".gguf", ".safetensors", ".json")) and not Path(parts[0]).is_dir())
 
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
