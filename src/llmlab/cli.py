@@ -33,12 +33,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                                "convert a tokenizer to llmlab's or Hugging Face's format"),
     ("finetune",): ("llmlab.recipes.finetune", "FinetuneArgs", "run",
                     "fine-tune a model on instruction data: full, lora, qlora, adapter or prompt"),
-    ("finetune", "compare"): ("llmlab.recipes.finetune_compare", "CompareArgs", "run",
-                            "run several fine-tuning methods on one task and write a comparison table"),
-    ("merge",): ("llmlab.recipes.finetune", "MergeArgs", "run_merge",
+    ("finetune", "compare"): ("llmlab.recipes.finetune", "CompareArgs", "compare",
+                              "run several fine-tuning methods on one task and write a comparison table"),
+    ("merge",): ("llmlab.recipes.finetune", "MergeArgs", "merge",
                  "fold a LoRA adapter folder into its base model and write a full checkpoint"),
-    ("finetune", "classify"): ("llmlab.recipes.finetune", "ClassifyArgs", "run_classify",
-                             "train a classification head on the last token; accuracy and confusion matrix"),
+    ("finetune", "classify"): ("llmlab.recipes.classify", "ClassifyArgs", "run",
+                               "train a classification head on the last token; accuracy and confusion matrix"),
 }
 
 

@@ -1,9 +1,18 @@
 """`llmlab.load`: one entry point that opens a model whatever stage made it.
 
-It sits above the stages so that data still flows one way: the model stage
-(`llmlab.models.pretrained`) opens GGUF files, Hugging Face and llmlab folders,
-aliases and hub ids; a fine-tuned LoRA folder (`adapter_config.json`) is opened
-by the fine-tuning stage, which loads the base through the model stage first.
+A source is an alias, a .gguf file, a Hugging Face folder or hub id, or a folder
+an llmlab command wrote:
+
+    run folder            holds checkpoint/ (pretraining, speedrun, fine-tuning runs): open that
+    full checkpoint       llmlab.json + model.safetensors (pretraining, full fine-tuning, merge)
+    trainable checkpoint  llmlab.json + trainable.safetensors naming a base and a method (LoRA, QLoRA,
+                          adapters, prompt tuning, classification): load the base, apply the method
+                          again (`llmlab.finetune.methods`), then the saved weights
+    PEFT LoRA folder      adapter_config.json + adapter_model.safetensors, from peft or llmlab
+
+It sits above every stage that writes models so data still flows one way:
+plain models come from `llmlab.models.pretrained`, methods from `llmlab.finetune`,
+and the result is an `llmlab.infer.pretrained.Pretrained`.
 """
 
 import os
@@ -11,18 +20,70 @@ from pathlib import Path
 
 import torch
 
-from llmlab.models import pretrained
+from llmlab.common import checkpoint
+from llmlab.common.errors import UserError
+from llmlab.finetune.methods import apply_method
+from llmlab.finetune.peft_format import CONFIG_NAME, load_peft_adapter, read_adapter_config
+from llmlab.infer.pretrained import Pretrained
+from llmlab.models.pretrained import load_model
 
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         with_tokenizer: bool = True) -> pretrained.Pretrained:
-    """A `Pretrained` (.model, .tokenizer, .generate) from an alias, file, folder, adapter folder or hub id."""
+         with_tokenizer: bool = True) -> Pretrained:
+    """A `Pretrained` (.model, .tokenizer, .generate, .classify) from any source llmlab knows (see above)."""
     path = Path(str(source)).expanduser()
-    if path.is_dir() and (path / "adapter_config.json").is_file():
-        from llmlab.finetune.peft_format import load_adapter_dir
+    if path.is_dir() and not checkpoint.is_checkpoint(path) and checkpoint.is_checkpoint(path / "checkpoint"):
+        path = source = path / "checkpoint"  # a run folder: what training wrote last
+    if path.is_dir() and checkpoint.is_checkpoint(path) and checkpoint.read_meta(path)["weights"] == "trainable":
+        loaded = load_trainable_dir(path, with_tokenizer)
+    elif path.is_dir() and (path / CONFIG_NAME).is_file():
+        loaded = load_peft_dir(path, with_tokenizer)
+    else:
+        model, tokenizer, where = load_model(source, with_tokenizer=with_tokenizer)
+        loaded = Pretrained(model, tokenizer, where)
+    loaded.model.to(device=device, dtype=dtype).eval()
+    return loaded
 
-        return load_adapter_dir(path, device=device, dtype=dtype, with_tokenizer=with_tokenizer)
-    return pretrained.load(source, device=device, dtype=dtype, with_tokenizer=with_tokenizer)
+
+def load_base(base: str, folder: Path, with_tokenizer: bool) -> tuple:
+    """The base model a fine-tuned folder names: a path relative to the folder, an absolute path, an alias or a
+    hub id. A base that cannot be found is a one-line error naming it."""
+    relative = folder / base
+    source = str(relative) if not Path(base).exists() and relative.exists() else base
+    try:
+        return load_model(source, with_tokenizer=with_tokenizer)
+    except UserError as e:
+        raise UserError(f"{folder}: cannot load its base model {base!r} ({e}); put the base back where it was, "
+                        "or name where it is now in the folder's JSON") from None
 
 
-save_pretrained = pretrained.save_pretrained
+def load_trainable_dir(path: Path, with_tokenizer: bool = True) -> Pretrained:
+    """Base + method + the trainable weights a fine-tuning run saved: the model as it was when training ended."""
+    path = checkpoint.resolve(path)
+    meta = checkpoint.read_meta(path)
+    model, tokenizer, _ = load_base(meta["base"], path, with_tokenizer)
+    model, _ = apply_method(model, meta["method"])
+    checkpoint.load_trainable(model, path)
+    classes = meta["method"].get("classes") if meta["method"].get("name") == "classify" else None
+    return Pretrained(model, tokenizer, str(path), classes=classes)
+
+
+def load_peft_dir(path: Path, with_tokenizer: bool = True) -> Pretrained:
+    """A PEFT LoRA folder: its base (`base_model_name_or_path`) with the adapter applied."""
+    cfg = read_adapter_config(path)
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{path / CONFIG_NAME}: base_model_name_or_path is empty; set it to the base model's path "
+                        "or alias")
+    model, tokenizer, _ = load_base(base, path, with_tokenizer)
+    load_peft_adapter(model, path)
+    return Pretrained(model, tokenizer, str(path))
+
+
+def save_pretrained(model: Pretrained | torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> None:
+    """Write a loaded model (or a bare `Transformer` and its tokenizer) in the Hugging Face format."""
+    from llmlab.models.pretrained import save_pretrained as save_hf
+
+    if isinstance(model, Pretrained):
+        model, tokenizer = model.model, tokenizer or model.tokenizer
+    save_hf(model, directory, tokenizer)

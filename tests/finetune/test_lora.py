@@ -3,17 +3,18 @@
 import pytest
 import torch
 
+from llmlab.common import checkpoint
 from llmlab.common.errors import UserError
 from llmlab.finetune.lora import (
     LoRALinear,
     apply_lora,
-    load_adapter,
+    apply_qlora,
     lora_modules,
     merge_lora,
-    save_adapter,
     unmerge_lora,
     unwrap_lora,
 )
+from llmlab.finetune.methods import apply_method
 from llmlab.finetune.peft_format import load_peft_adapter, save_peft_adapter
 from llmlab.models import Transformer, get_preset
 from llmlab.models.hf import config_from_hf, state_dict_from_hf
@@ -85,15 +86,38 @@ def test_merge_unmerge_idempotent():
         torch.testing.assert_close(model(idx), ref, atol=1e-5, rtol=0)
 
 
-def test_save_load_adapter_alone(tmp_path):
-    model = apply_lora(tiny(), rank=2, alpha=4, targets=[r"blocks\.1\.attn\.(q|v)_proj"])
+def test_trainable_only_checkpoint_rebuilds_the_same_model(tmp_path):
+    spec = {"name": "lora", "rank": 2, "alpha": 4.0, "targets": [r"blocks\.1\.attn\.(q|v)_proj"]}
+    model, _ = apply_method(tiny(), spec)
     assert set(lora_modules(model)) == {"blocks.1.attn.q_proj", "blocks.1.attn.v_proj"}
     randomise_adapters(model)
-    save_adapter(model, tmp_path / "a.safetensors")
-    other = load_adapter(tiny(), tmp_path / "a.safetensors")
+    checkpoint.save_checkpoint(tmp_path / "a", model, {"base": "tiny", "method": spec}, trainable_only=True)
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"llmlab.json", "trainable.safetensors"}
+    other, _ = apply_method(tiny(), checkpoint.read_meta(tmp_path / "a")["method"])
+    checkpoint.load_trainable(other, tmp_path / "a")
     idx = torch.randint(0, 128, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(other(idx), model(idx))
+    wrong, _ = apply_method(tiny(), {**spec, "rank": 3})
+    with pytest.raises(UserError, match="shape"):
+        checkpoint.load_trainable(wrong, tmp_path / "a")
+
+
+def test_qlora_trains_on_an_nf4_base():
+    model = tiny()
+    report = apply_qlora(model, rank=4, alpha=8, targets=["q_proj", "v_proj"])
+    assert report["nf4"] < report["bfloat16"] / 3.5 and report["float32"] == 2 * report["bfloat16"]
+    assert len(lora_modules(model)) == 4
+    idx = torch.randint(0, 128, (2, 16))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
 
 
 def test_bad_targets_name_the_layers():

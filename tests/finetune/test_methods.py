@@ -3,9 +3,12 @@
 import torch
 import torch.nn.functional as F
 
+from llmlab.eval.classification import accuracy, confusion_matrix
 from llmlab.finetune.adapters import apply_adapters
-from llmlab.finetune.heads import accuracy, add_classification_head, confusion_matrix, last_token_logits
+from llmlab.finetune.heads import add_classification_head
 from llmlab.finetune.prompt_tuning import PromptTuned
+from llmlab.infer import generate, generate_batch
+from llmlab.infer.classify import last_token_logits
 from llmlab.models import Transformer, get_preset
 
 
@@ -82,6 +85,22 @@ def test_classification_head_learns_a_toy_task():
     assert cm.sum() == 64 and cm.trace() == (preds == labels).sum()
 
 
-def test_confusion_matrix_golden():
-    cm = confusion_matrix(torch.tensor([0, 1, 0]), torch.tensor([0, 1, 1]), 2)
-    assert cm.tolist() == [[1, 0], [1, 1]]
+def test_prompt_tuning_generates_the_same_with_and_without_the_cache():
+    tuned = PromptTuned(tiny(), n_virtual=5, seed=1)
+    assert tuned.config.seq_len == 48 - 5
+    prompts = [[3, 9, 27, 81], [5, 6], [100, 2, 7]]
+    plain = [generate(tuned, p, 10, temperature=0.0, use_cache=False) for p in prompts]
+    assert [generate(tuned, p, 10, temperature=0.0) for p in prompts] == plain
+    assert generate_batch(tuned, prompts, 10, temperature=0.0) == plain  # left padding, per-row positions
+    # the context left for real tokens ends generation, with room for the virtual tokens in the cache
+    assert len(generate(tuned, list(range(1, 40)), 20, temperature=0.0)) == 43 - 39
+
+
+def test_logits_mask_projects_only_the_chosen_positions():
+    model = tiny().eval()
+    tuned = PromptTuned(tiny(), n_virtual=3).eval()
+    idx = torch.randint(0, 128, (2, 10))
+    mask = torch.rand(2, 10) > 0.5
+    with torch.no_grad():
+        for m in (model, tuned):
+            torch.testing.assert_close(m(idx, logits_mask=mask), m(idx)[mask], atol=1e-5, rtol=0)

@@ -11,14 +11,14 @@ from llmlab.models import Transformer, get_preset
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    from llmlab.common.checkpoint import save_checkpoint
     from llmlab.tokenizer import Tokenizer
-    from llmlab.train.checkpoint import save_checkpoint
 
     tok = Tokenizer.train("the cat sat on the mat. the dog sat on the log. " * 40, vocab_size=300)
     torch.manual_seed(0)
     model = Transformer(get_preset("llama-tiny", vocab_size=tok.vocab_size, seq_len=64, n_layer=2))
     path = tmp_path_factory.mktemp("ckpt") / "model"
-    save_checkpoint(path, model, tok, {"step": 0})
+    save_checkpoint(path, model, {"step": 0}, tokenizer=tok)
     return path
 
 

@@ -10,8 +10,8 @@ import torch
 
 from llmlab.common.errors import UserError
 from llmlab.infer import generate
+from llmlab.loading import load
 from llmlab.models.gguf import QUANTS, dequantize, unpermute_rope
-from llmlab.models.pretrained import load
 
 gguf = pytest.importorskip("gguf")
 F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q2_K": [80, 82],

@@ -69,13 +69,13 @@ def test_save_pretrained_loads_in_transformers(tmp_path, name):
 
 
 def test_llmlab_checkpoint_round_trip(tmp_path):
+    from llmlab.common.checkpoint import save_checkpoint
     from llmlab.tokenizer import Tokenizer
-    from llmlab.train.checkpoint import save_checkpoint
 
     tok = Tokenizer.train("hello world, hello llmlab. " * 50, vocab_size=300)
     torch.manual_seed(2)
     model = Transformer(get_preset("llama-tiny", vocab_size=tok.vocab_size, seq_len=64, n_layer=2)).eval()
-    save_checkpoint(tmp_path / "ckpt", model, tok, {"step": 1})
+    save_checkpoint(tmp_path / "ckpt", model, {"step": 1}, tokenizer=tok)
     loaded = llmlab.load(tmp_path / "ckpt")
     assert loaded.tokenizer.encode("hello world") == tok.encode("hello world")
     text = loaded.generate("hello", 8, temperature=0)
@@ -110,12 +110,12 @@ def test_bad_input_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_unknown_chat_role(tmp_path):
+    from llmlab.common.checkpoint import save_checkpoint
     from llmlab.tokenizer import Tokenizer
-    from llmlab.train.checkpoint import save_checkpoint
 
     tok = Tokenizer.train("hello world " * 20, vocab_size=270)
     model = Transformer(get_preset("llama-tiny", vocab_size=tok.vocab_size, seq_len=64, n_layer=1))
-    save_checkpoint(tmp_path / "c", model, tok, {})
+    save_checkpoint(tmp_path / "c", model, {}, tokenizer=tok)
     with pytest.raises(UserError, match="unknown chat role 'wizard'"):
         llmlab.load(tmp_path / "c").chat_ids([{"role": "wizard", "content": "hi"}])
 

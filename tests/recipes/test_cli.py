@@ -46,7 +46,7 @@ def test_resume_with_different_config_from_the_cli(data_dir, tmp_path, capsys):
               "--seq-len", "32", "--batch-size", "2", "--max-steps", "4", "--no-progress", "--eval-tokens", "64"]
     assert main(common + ["--stop-at", "2"]) == 0
     assert main(common + ["--resume", "--lr", "0.01"]) == 2
-    assert "different config (lr: 0.003 -> 0.01)" in _error_line(capsys)
+    assert "other settings (lr: 0.003 -> 0.01)" in _error_line(capsys)
 
 
 def test_speedrun_toy_end_to_end(corpus_dir, tmp_path):

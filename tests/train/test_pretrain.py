@@ -6,20 +6,23 @@ import math
 import pytest
 import torch
 
+import llmlab
+from llmlab.common.checkpoint import read_meta
 from llmlab.common.errors import UserError
+from llmlab.infer import generate
 from llmlab.models import Transformer, get_preset
-from llmlab.train.checkpoint import load_checkpoint, read_meta
+from llmlab.recipes.pretrain import PretrainArgs
+from llmlab.recipes.pretrain import run as pretrain
 from llmlab.train.loop import LoopSettings, TrainState, train_loop
 from llmlab.train.objectives import causal_lm_loss
 from llmlab.train.optim import lr_at, make_adamw, param_groups
-from llmlab.train.pretrain import PretrainConfig, pretrain
 
 
-def _cfg(data_dir, out, **kw) -> PretrainConfig:
+def _cfg(data_dir, out, **kw) -> PretrainArgs:
     base = dict(data=str(data_dir), out=str(out), preset="llama-tiny", seq_len=32, batch_size=4, lr=3e-3,
                 warmup_steps=2, max_steps=8, eval_interval=4, eval_tokens=256, ckpt_interval=4, device="cpu",
                 progress=False)
-    return PretrainConfig(**{**base, **kw})
+    return PretrainArgs(**{**base, **kw})
 
 
 def test_overfits_one_batch():
@@ -69,10 +72,12 @@ def test_resume_is_exact(data_dir, tmp_path):
 
 def test_checkpoint_round_trip_and_files(data_dir, tmp_path):
     summary = pretrain(_cfg(data_dir, tmp_path / "run", max_steps=2))
-    model, tokenizer, meta = load_checkpoint(tmp_path / "run" / "checkpoint")
+    loaded = llmlab.load(tmp_path / "run")  # the run folder opens its checkpoint
+    model, tokenizer, meta = loaded.model, loaded.tokenizer, read_meta(tmp_path / "run" / "checkpoint")
     idx = torch.randint(0, tokenizer.vocab_size, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), summary["model"].eval()(idx))
+    assert loaded.generate(idx[0].tolist(), 8, temperature=0) == generate(summary["model"], idx[0], 8, temperature=0)
     assert meta["step"] == 2 and meta["model"]["vocab_size"] == tokenizer.vocab_size == 320
     run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert run_config["pretrain"]["max_steps"] == 2
@@ -84,7 +89,7 @@ def test_checkpoint_round_trip_and_files(data_dir, tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path, monkeypatch):
     pretrain(_cfg(data_dir, tmp_path / "run", stop_at=4))
     weights = (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
-    monkeypatch.setattr("llmlab.train.loop.causal_lm_loss", lambda logits, targets: logits.sum() * float("nan"))
+    monkeypatch.setattr("llmlab.train.objectives.causal_lm_loss", lambda logits, targets: logits.sum() * float("nan"))
     with pytest.raises(UserError, match="step 4: the loss is nan"):
         pretrain(_cfg(data_dir, tmp_path / "run", resume=True))
     assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() == weights
@@ -113,7 +118,7 @@ def test_skipping_bad_steps_is_opt_in_counted_and_capped():
 
 def test_resume_with_a_different_config_is_refused(data_dir, tmp_path):
     pretrain(_cfg(data_dir, tmp_path / "run", stop_at=2))
-    with pytest.raises(UserError, match="different config.*batch_size"):
+    with pytest.raises(UserError, match="other settings.*batch_size"):
         pretrain(_cfg(data_dir, tmp_path / "run", batch_size=2, resume=True))
     with pytest.raises(UserError, match="already exists; pass --resume"):
         pretrain(_cfg(data_dir, tmp_path / "run"))

@@ -1,1 +1,4 @@
-"""Shared plumbing: errors, logging, atomic files, checkpoints, devices."""
+"""Shared plumbing: errors, logging, constants, atomic files, checkpoint folders, devices, measurement.
+
+The bottom layer: it imports nothing else from llmlab.
+"""

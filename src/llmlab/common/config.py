@@ -22,8 +22,11 @@ T = TypeVar("T")
 def arg(default: Any, help: str, **metadata: Any) -> Any:
     """A recipe field with its CLI help: `lr: float = arg(3e-3, "peak learning rate")`.
 
-    List defaults are copied per instance; extra metadata (positional, short, choices) passes through.
+    List defaults are copied per instance; `dataclasses.MISSING` makes the field required; extra metadata
+    (positional, short, choices) passes through.
     """
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata={"help": help, **metadata})
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
@@ -41,7 +44,8 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of `cls`. Defaults are suppressed so we can tell what was given."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own = set(cls.__dict__.get("__annotations__", {}))  # the recipe's own fields first, shared groups after
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         tp, _ = _unwrap_optional(hints[f.name])
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None

@@ -1,18 +1,21 @@
-"""Batches of training windows from memory-mapped shards.
+"""Batches for training and evaluation: windows from memory-mapped shards, and epochs of small datasets.
 
-Training samples random windows (inputs idx, targets shifted by one) from the
+Pretraining samples random windows (inputs idx, targets shifted by one) from the
 shards without reading them into memory. The sampler's state is a plain dict
 (numpy's PCG64 state), so a checkpoint stores it as JSON and a resumed run
-draws exactly the windows the uninterrupted run would have drawn.
+draws exactly the windows the uninterrupted run would have drawn. Fine-tuning
+data is small: `EpochBatches` serves it epoch after epoch, reshuffled per epoch,
+and a count of batches served is all a resumed run needs.
 """
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from llmlab.common.constants import IGNORE_INDEX
 from llmlab.common.errors import UserError
 
 
@@ -89,7 +92,28 @@ def sequential_windows(data_dir: str | Path, split: str, batch_size: int, seq_le
                  for s, start in windows[i:i + batch_size]]
         T = max(len(w) for w in group) - 1
         idx = torch.zeros(len(group), T, dtype=torch.long)
-        targets = torch.full((len(group), T), -100, dtype=torch.long)  # -100: no target (padding)
+        targets = torch.full((len(group), T), IGNORE_INDEX, dtype=torch.long)  # padding has no target
         for j, w in enumerate(group):
             idx[j, :len(w) - 1], targets[j, :len(w) - 1] = w[:-1], w[1:]
         yield idx, targets
+
+
+class EpochBatches:
+    """Endless batches from `make_epoch(epoch)`, a list of batches reshuffled per epoch (by seed + epoch, say).
+
+    `position` counts batches served: a run resumed after `step` optimizer steps of `grad_accum` batches
+    sets `position = step * grad_accum` and continues exactly where the original run was.
+    """
+
+    def __init__(self, make_epoch: Callable[[int], list], position: int = 0):
+        self.make_epoch, self.position = make_epoch, position
+        self.epoch, self.batches = 0, make_epoch(0)
+        if not self.batches:
+            raise UserError("no batches: the dataset is empty")
+
+    def __call__(self):
+        epoch, i = divmod(self.position, len(self.batches))
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, self.make_epoch(epoch)
+        self.position += 1
+        return self.batches[i]

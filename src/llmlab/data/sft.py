@@ -11,7 +11,7 @@ kept only on assistant turns (their content and the template's end-of-turn
 marker); every other target is -100. Short examples are packed into rows of
 `seq_len` tokens, each keeping its own positions and a block-diagonal mask so
 attention never crosses examples; or padded one per row by `collate_padded`.
-This file knows token ids and text, not models; the training loop lives in
+This file knows token ids and text, not models; the training run lives in
 `llmlab.recipes.finetune`.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from llmlab.common import log
+from llmlab.common.constants import CHAT_ROLES, IGNORE_INDEX
 from llmlab.common.errors import UserError
+from llmlab.data.tasks import train_test_tasks
 
-IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant")
 Messages = list[dict[str, str]]
 
 
@@ -75,8 +75,8 @@ def validate_messages(messages: list) -> Messages:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"message {i} needs 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise ValueError(f"message {i} has unknown role {m['role']!r}; use one of {', '.join(ROLES)}")
+        if m["role"] not in CHAT_ROLES:
+            raise ValueError(f"message {i} has unknown role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
         if not isinstance(m["content"], str) or not m["content"].strip():
             raise ValueError(f"message {i} ({m['role']}) has empty content")
         out.append({"role": m["role"], "content": m["content"]})
@@ -92,7 +92,7 @@ def read_sft_jsonl(path: str | Path, skip_bad_rows: bool = False) -> SFTData:
     skipped and counted when `skip_bad_rows`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file; give a .jsonl file of SFT rows or --data tasks")
+        raise UserError(f"{path}: no such file; give a .jsonl file of SFT rows, or 'tasks' for the built-in set")
     data = SFTData(examples=[])
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -118,7 +118,7 @@ def read_hf_dataset(name: str, split: str = "train", skip_bad_rows: bool = False
     try:
         import datasets
     except ImportError:
-        raise UserError(f"--data {name}: not a local file; reading HF datasets needs `pip install datasets`") from None
+        raise UserError(f"{name}: not a local file; reading HF datasets needs `pip install datasets`") from None
     rows = datasets.load_dataset(name, split=split)
     data = SFTData(examples=[])
     for i, row in enumerate(rows):
@@ -130,6 +130,21 @@ def read_hf_dataset(name: str, split: str = "train", skip_bad_rows: bool = False
             data.skipped += 1
             data.problems.append(f"{name} row {i}: {e}")
     return data
+
+
+def load_conversations(source: str, val_fraction: float = 0.1, seed: int = 0, skip_bad_rows: bool = False,
+                       n_train: int = 2000, n_heldout: int = 64) -> tuple[list[Messages], list[Messages], int]:
+    """(training conversations, held-out conversations, rows skipped) from 'tasks' (the built-in set,
+    `n_train` + `n_heldout`), a .jsonl file, or a Hugging Face dataset name (split by `val_fraction`)."""
+    if source == "tasks":
+        train, test = train_test_tasks(n_train, n_heldout, seed=seed)
+        return [t["messages"] for t in train], [t["messages"] for t in test], 0
+    if Path(source).exists() or source.endswith(".jsonl"):
+        data = read_sft_jsonl(source, skip_bad_rows)
+    else:
+        data = read_hf_dataset(source, skip_bad_rows=skip_bad_rows)
+    train, val = split_validation(data.examples, val_fraction, seed)
+    return train, val, data.skipped
 
 
 def tokenize_messages(tokenizer, messages: Messages) -> tuple[list[int], list[int]]:
@@ -182,14 +197,14 @@ def tokenize_dataset(tokenizer, conversations: list[Messages], max_len: int) -> 
     if truncated:
         log.info(f"sft: {truncated} of {len(conversations)} examples were longer than {max_len} tokens and cut")
     if not examples:
-        raise UserError(f"sft: no example keeps an assistant token within {max_len} tokens; raise --seq-len")
+        raise UserError(f"sft: no example keeps an assistant token within {max_len} tokens; allow longer rows")
     return examples
 
 
 def split_validation(items: list, val_fraction: float, seed: int = 0) -> tuple[list, list]:
     """Shuffle deterministically and hold out a fraction (at least one item when the fraction is > 0)."""
     if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+        raise UserError(f"val_fraction must be in [0, 1) (got {val_fraction})")
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(items) * val_fraction)) if val_fraction > 0 and len(items) > 1 else 0
@@ -255,3 +270,9 @@ def make_batches(examples: list[Example], batch_size: int, seq_len: int, pad_id:
         rows = pack(shuffled, seq_len)
         return [collate_packed(rows[i:i + batch_size], seq_len, pad_id) for i in range(0, len(rows), batch_size)]
     return [collate_padded(shuffled[i:i + batch_size], pad_id) for i in range(0, len(shuffled), batch_size)]
+
+
+def as_model_batch(batch: dict[str, torch.Tensor], device: torch.device | str | None = None) -> tuple:
+    """A collated batch the way the loop and held-out loss take it: (idx, targets, {positions, attn_mask})."""
+    batch = {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+    return batch["idx"], batch["targets"], {k: batch[k] for k in ("positions", "attn_mask") if k in batch}

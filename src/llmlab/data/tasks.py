@@ -7,7 +7,7 @@ Three families a small model can learn to answer tersely:
 - string manipulation       "Reverse the letters of 'apple'." -> "elppa"
 
 Each task is a chat conversation (user question, assistant answer) plus the
-answer alone, so `exact_match` can score generations. `write_tasks_jsonl`
+answer alone, so `llmlab.eval.exact_match` can score generations. `write_tasks_jsonl`
 writes them as SFT rows for any tool that reads `messages` JSONL.
 """
 
@@ -82,16 +82,6 @@ def train_test_tasks(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dic
     seen = {t["messages"][1]["content"] for t in test}
     train = [t for t in make_tasks(2 * n_train + 64, seed=seed) if t["messages"][1]["content"] not in seen]
     return train[:n_train], test
-
-
-def normalize_answer(text: str) -> str:
-    """Compare answers loosely on form: first line, no surrounding spaces, quotes or final period."""
-    lines = text.strip().splitlines()
-    return (lines[0] if lines else "").strip().strip("'\"").rstrip(".").strip()
-
-
-def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
 
 
 def write_tasks_jsonl(tasks: list[dict], path: str | Path) -> None:

@@ -9,13 +9,19 @@ worse: the comparison is conservative.
 
 import gzip
 import lzma
+import math
 from pathlib import Path
 
 import torch
 
+from llmlab.common.constants import IGNORE_INDEX
 from llmlab.data.loader import sequential_windows
-from llmlab.train.loop import evaluate_loss
-from llmlab.train.objectives import bits_per_byte
+from llmlab.eval.loss import heldout_loss
+
+
+def bits_per_byte(total_nats: float, total_bytes: int) -> float:
+    """Loss in a unit that does not depend on the tokenizer: nats over all targets -> bits per UTF-8 byte."""
+    return total_nats / math.log(2) / total_bytes
 
 
 def token_byte_lengths(tokenizer) -> torch.Tensor:
@@ -32,9 +38,9 @@ def model_bpb(model: torch.nn.Module, tokenizer, data_dir: str | Path, batch_siz
     n_bytes = 0
     batches = []
     for idx, targets in sequential_windows(data_dir, "val", batch_size, model.config.seq_len, max_tokens):
-        n_bytes += int(lengths[targets.clamp(min=0)][targets != -100].sum())
+        n_bytes += int(lengths[targets.clamp(min=0)][targets != IGNORE_INDEX].sum())
         batches.append((idx, targets))
-    nats, n_tokens = evaluate_loss(model, batches, autocast_dtype)
+    nats, n_tokens = heldout_loss(model, batches, autocast_dtype)
     return {"val_bpb": bits_per_byte(nats, n_bytes), "val_loss": nats / n_tokens, "val_tokens": n_tokens,
             "val_bytes": n_bytes}
 

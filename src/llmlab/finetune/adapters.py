@@ -16,7 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.common.errors import UserError
-from llmlab.finetune.lora import _is_linear, _parent, freeze, match_targets
+from llmlab.finetune.lora import LINEAR_TYPES
+from llmlab.models.swap import find_modules, freeze, replace_module
+from llmlab.quantize import QuantizedLinear
 
 
 class Adapter(nn.Module):
@@ -38,8 +40,7 @@ class AdaptedLinear(nn.Module):
         super().__init__()
         self.base = base
         self.adapter = Adapter(base.out_features, bottleneck)
-        weight = base.packed if hasattr(base, "packed") else base.weight
-        self.adapter.to(weight.device)
+        self.adapter.to(base.device if isinstance(base, QuantizedLinear) else base.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.base(x))
@@ -49,15 +50,14 @@ def apply_adapters(model: nn.Module, bottleneck: int = 16, targets: Iterable[str
                    train_norms: bool = False) -> nn.Module:
     """Freeze `model` and put an adapter after each targeted layer, in place. Returns the model."""
     if bottleneck < 1:
-        raise UserError(f"--rank {bottleneck}: the adapter bottleneck must be at least 1")
+        raise UserError(f"bottleneck must be at least 1 for adapters (got {bottleneck})")
     targets = list(targets)
     freeze(model)
-    names = [n for n, m in model.named_modules() if _is_linear(m) and match_targets(n, targets)]
+    names = find_modules(model, LINEAR_TYPES, targets)
     if not names:
-        raise UserError(f"--targets {' '.join(targets)}: no linear layer matches for adapters")
+        raise UserError(f"targets {' '.join(targets)}: no linear layer matches for adapters")
     for name in names:
-        parent, leaf = _parent(model, name)
-        setattr(parent, leaf, AdaptedLinear(getattr(parent, leaf), bottleneck))
+        replace_module(model, name, AdaptedLinear(model.get_submodule(name), bottleneck))
     if train_norms:
         for name, p in model.named_parameters():
             if "norm" in name:

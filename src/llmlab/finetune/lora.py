@@ -8,42 +8,40 @@ of the model untouched. A starts Kaiming-uniform and B at zero, as in PEFT, so
 a fresh adapter changes nothing. `merge_lora` folds B A into W (no extra cost
 at inference) and `unmerge_lora` takes it out again; both are idempotent.
 `unwrap_lora` returns plain `nn.Linear`s so the model saves as a normal checkpoint.
+QLoRA (Dettmers et al. 2023) is the same adapter on a base stored as NF4 (`apply_qlora`).
 
 This file knows llmlab's module names only; PEFT's file layout and HF's names
 live in `peft_format.py`.
 """
 
-import json
 import math
-import re
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from llmlab.common.errors import UserError
-from llmlab.common.io import atomic_write
+from llmlab.models.swap import find_modules, freeze, replace_module
+from llmlab.quantize import QuantizedLinear, quantize_model_nf4
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # the paper's choice: queries and values
+LINEAR_TYPES = (nn.Linear, QuantizedLinear)  # what LoRA and adapters can wrap
 
 
 class LoRALinear(nn.Module):
-    """A linear layer (`nn.Linear` or `NF4Linear`) with a low-rank trainable update on top."""
+    """A linear layer (`nn.Linear` or a `QuantizedLinear`) with a low-rank trainable update on top."""
 
     def __init__(self, base: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__()
         if rank < 1:
-            raise UserError(f"--rank {rank}: LoRA rank must be at least 1")
+            raise UserError(f"rank must be at least 1 for LoRA (got {rank})")
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features
         self.rank, self.alpha = rank, alpha
         self.scaling = alpha / rank
-        quantized = hasattr(base, "packed")  # an NF4Linear: 4-bit bytes, computing in its original dtype
-        device = base.packed.device if quantized else base.weight.device
+        quantized = isinstance(base, QuantizedLinear)  # compact bytes, computing in its original dtype
+        device = base.device if quantized else base.weight.device
         dtype = base.compute_dtype if quantized else base.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=device, dtype=dtype))
@@ -84,51 +82,27 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
-def match_targets(name: str, targets: Iterable[str]) -> bool:
-    """Does module `name` match a target? A target is a leaf name ("q_proj"), a dotted suffix
-    ("attn.o_proj") or a regex over the full name ("blocks\\.[0-3]\\.attn\\.q_proj").
-
-    name="blocks.2.attn.q_proj": "q_proj" -> True, "attn.q_proj" -> True, r"blocks\\.[01]\\..*" -> False.
-    """
-    for t in targets:
-        if name == t or name.endswith("." + t):
-            return True
-        try:
-            if re.fullmatch(t, name):
-                return True
-        except re.error:
-            continue
-    return False
-
-
-def freeze(model: nn.Module) -> None:
-    for p in model.parameters():
-        p.requires_grad_(False)
-
-
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                targets: Iterable[str] = DEFAULT_TARGETS) -> nn.Module:
     """Freeze `model` and wrap each targeted linear layer in a `LoRALinear`, in place. Returns the model."""
     targets = list(targets)
     freeze(model)
-    names = [n for n, m in model.named_modules() if _is_linear(m) and match_targets(n, targets)
-             and not n.endswith("lm_head")]  # the head is tied to the embedding in most small models
+    # the head is left alone: it is tied to the embedding in most small models
+    names = find_modules(model, LINEAR_TYPES, targets, skip=("lm_head",))
     if not names:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
-        raise UserError(f"--targets {' '.join(targets)}: no linear layer matches; this model has {', '.join(linear)}")
+        linear = sorted({n.rsplit(".", 1)[-1] for n in find_modules(model, LINEAR_TYPES)})
+        raise UserError(f"targets {' '.join(targets)}: no linear layer matches; this model has {', '.join(linear)}")
     for name in names:
-        parent, leaf = _parent(model, name)
-        setattr(parent, leaf, LoRALinear(getattr(parent, leaf), rank, alpha, dropout))
+        replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
     return model
 
 
-def _is_linear(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or type(m).__name__ == "NF4Linear"
-
-
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, leaf = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), leaf
+def apply_qlora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                targets: Iterable[str] = DEFAULT_TARGETS) -> dict[str, int]:
+    """QLoRA: store every block linear layer as NF4, then LoRA on the targets. Returns the bytes report."""
+    report = quantize_model_nf4(model)
+    apply_lora(model, rank, alpha, dropout, targets)
+    return report
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
@@ -152,15 +126,14 @@ def unwrap_lora(model: nn.Module) -> nn.Module:
     """Replace each LoRALinear by a plain nn.Linear holding W + delta (dequantised if the base was NF4)."""
     for name, m in lora_modules(model).items():
         m.unmerge()  # merged or not, start from the base weight alone
-        weight = m.base.dequantize() if hasattr(m.base, "dequantize") else m.base.weight
+        weight = m.base.dequantize() if isinstance(m.base, QuantizedLinear) else m.base.weight
         bias = m.base.bias
         linear = nn.Linear(m.in_features, m.out_features, bias=bias is not None,
                            device=weight.device, dtype=m.lora_A.dtype)
         linear.weight.copy_(weight.to(linear.weight.dtype) + m.delta_weight())
         if bias is not None:
             linear.bias.copy_(bias)
-        parent, leaf = _parent(model, name)
-        setattr(parent, leaf, linear)
+        replace_module(model, name, linear)
     return model
 
 
@@ -171,33 +144,6 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[f"{name}.lora_A"] = m.lora_A.detach().contiguous()
         out[f"{name}.lora_B"] = m.lora_B.detach().contiguous()
     return out
-
-
-def save_adapter(model: nn.Module, path: str | Path) -> None:
-    """Write the adapter alone as safetensors; rank and alpha of each module go in the header."""
-    mods = lora_modules(model)
-    if not mods:
-        raise UserError(f"{path}: the model has no LoRA layers to save")
-    meta = {"format": "llmlab-lora", "modules": json.dumps({n: [m.rank, m.alpha] for n, m in mods.items()})}
-    sd = {k: v.cpu() for k, v in lora_state_dict(model).items()}
-    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
-
-
-def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
-    """Apply (if needed) and fill LoRA layers from a file written by `save_adapter`."""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such adapter file")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "llmlab-lora":
-        raise UserError(f"{path}: not an llmlab LoRA adapter (for PEFT folders use load_peft_adapter)")
-    modules = json.loads(meta["modules"])
-    existing = lora_modules(model)
-    for name, (rank, alpha) in modules.items():
-        if name not in existing:
-            apply_lora(model, rank, alpha, targets=[re.escape(name)])
-    set_lora_weights(model, load_file(str(path)), source=str(path))
-    return model
 
 
 @torch.no_grad()

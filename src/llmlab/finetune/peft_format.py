@@ -11,8 +11,8 @@ Module names go through `llmlab.models.hf`'s key maps, the only place HF names
 live. GPT-2 fuses q, k and v into one `c_attn`: PEFT's single LoRA on it
 becomes three of ours sharing A (exact), and our three become one of rank 3r
 with A stacked and B block-diagonal (exact, via PEFT's `rank_pattern`).
-`load_adapter_dir` opens such a folder as a whole model: the base named in
-`base_model_name_or_path` (a path or an alias `llmlab.load` knows) plus the adapter.
+`llmlab.load` opens such a folder as a whole model: the base named in
+`base_model_name_or_path` (a path or an alias it knows) plus the adapter.
 """
 
 import json
@@ -174,23 +174,3 @@ def load_peft_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
             apply_lora(model, rank, alpha, cfg.get("lora_dropout", 0.0), targets=[re.escape(name)])
     set_lora_weights(model, ours, source=str(path))
     return model
-
-
-def load_adapter_dir(adapter_dir: str | Path, **load_kwargs: Any) -> Any:
-    """Open a PEFT LoRA folder as a model: load its base by name (`llmlab.load`), then apply the adapter.
-
-    `base_model_name_or_path` may be an alias, an absolute path, or a path relative to the folder.
-    Returns what `llmlab.load` returns, with the adapter applied to `.model`.
-    """
-    from llmlab.models.pretrained import load
-
-    cfg = read_adapter_config(adapter_dir)
-    base = cfg.get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"{adapter_dir}/{CONFIG_NAME}: base_model_name_or_path is empty; set it to the base "
-                        "model's path or alias")
-    relative = Path(adapter_dir) / base
-    loaded = load(str(relative) if not Path(base).exists() and relative.exists() else base, **load_kwargs)
-    load_peft_adapter(loaded.model, adapter_dir)
-    loaded.model.eval()
-    return loaded

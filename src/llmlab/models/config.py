@@ -99,5 +99,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
-        raise UserError(f"--preset {name}: unknown preset; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"preset {name!r}: unknown; choose one of {', '.join(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})

@@ -3,7 +3,8 @@
 GPT-2 (learned positions, LayerNorm, GELU, biases) and Llama (RoPE, RMSNorm,
 SwiGLU, grouped-query attention) are the same code with a different
 `ModelConfig`. The model knows nothing about text, only token ids. `forward`
-returns logits; the loss lives in `llmlab.train.objectives`.
+returns logits, for every position, the last one, or only the positions a loss
+needs; the losses live in `llmlab.train.objectives`.
 """
 
 import torch
@@ -49,7 +50,8 @@ class Transformer(nn.Module):
             block.attn.impl = impl
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, last_only: bool = False,
+                logits_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T); (B, 1, vocab_size) with last_only.
 
         kv_cache: continue from the cached positions and store this step's keys and values.
@@ -57,6 +59,9 @@ class Transformer(nn.Module):
         attn_mask: (B, S) True for real keys (S = cached + T), or a full (B, T, S) mask; causality is added.
         last_only: project only the last position to the vocabulary (generation needs no more; a 512-token
             prefill of a 49k vocabulary would otherwise build a 100 MB logits tensor to use one row of it).
+        logits_mask: (B, T) bool; project only these positions -> (N, vocab_size) for the N True entries.
+            SFT trains on assistant tokens only: the head's (B*T, vocab) matmul over prompts and padding
+            would cost ~20% of a small model's compute and most of its activation memory for nothing.
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
@@ -77,6 +82,8 @@ class Transformer(nn.Module):
             kv_cache.advance(T)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
+        if logits_mask is not None:
+            x = x[logits_mask]  # (N, C)
         return self.lm_head(self.norm_f(x))
 
     @staticmethod

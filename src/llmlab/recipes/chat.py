@@ -7,30 +7,27 @@ for scripts and tests.
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, resolve_dtype
+from llmlab.recipes.shared import RuntimeArgs, SamplingArgs, sampling_kwargs
 
 
 @dataclass
-class ChatArgs:
-    model: str = field(default="smollm2-135m-instruct", metadata={
-        "help": "alias, .gguf file, Hugging Face folder or hub id, or llmlab checkpoint with a chat template"})
-    system: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
-    say: list[str] = field(default_factory=list, metadata={"help": "user turns to send, then exit (no prompt)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "most tokens per reply"})
-    temperature: float = field(default=0.2, metadata={"help": "0 is greedy; higher is more random"})
-    top_p: float | None = field(default=0.9, metadata={"help": "nucleus sampling mass"})
-    top_k: int | None = field(default=None, metadata={"help": "sample among the k likeliest tokens"})
-    min_p: float | None = field(default=None, metadata={"help": "drop tokens below min_p x the top probability"})
-    repetition_penalty: float = field(default=1.1, metadata={"help": ">1 discourages repeating tokens"})
-    seed: int | None = field(default=None, metadata={"help": "random seed"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)"})
+class ChatArgs(SamplingArgs, RuntimeArgs):
+    model: str = arg("smollm2-135m-instruct", "alias, .gguf file, Hugging Face folder or hub id, or llmlab "
+                                              "checkpoint with a chat template")
+    system: str | None = arg(None, "system message (default: the template's own)")
+    say: list[str] = arg([], "user turns to send, then exit (no prompt)")
+    max_new_tokens: int = arg(256, "most tokens per reply")
+    # a chat is steadier than free text: cooler sampling, and a mild push away from repeating itself
+    temperature: float = arg(0.2, "0 is greedy; higher is more random")
+    top_p: float | None = arg(0.9, "sample among the likeliest tokens holding this mass")
+    repetition_penalty: float = arg(1.1, ">1 discourages tokens already present")
 
 
 def _user_turns(args: ChatArgs):
@@ -65,9 +62,7 @@ def run(args: ChatArgs) -> list[dict[str, str]]:
         ids = loaded.chat_ids(messages)
         sys.stdout.write("assistant> ")
         pieces = []
-        for piece in loaded.stream(ids, args.max_new_tokens, text=True, temperature=args.temperature,
-                                   top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                                   repetition_penalty=args.repetition_penalty, seed=args.seed, truncate=True):
+        for piece in loaded.stream(ids, args.max_new_tokens, text=True, truncate=True, **sampling_kwargs(args)):
             sys.stdout.write(piece)
             sys.stdout.flush()
             pieces.append(piece)

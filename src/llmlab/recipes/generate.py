@@ -5,35 +5,27 @@ the model's chat template as one user turn; `--ids` prints token ids instead of 
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, resolve_dtype
 from llmlab.common.errors import UserError
+from llmlab.recipes.shared import RuntimeArgs, SamplingArgs, sampling_kwargs
 
 
 @dataclass
-class GenerateArgs:
-    checkpoint: str = field(default="smollm2-135m-instruct", metadata={
-        "help": "llmlab checkpoint folder, Hugging Face folder or hub id, .gguf file, or an alias"})
-    prompt: str = field(default="", metadata={"help": "text to continue (empty: the BOS token)"})
-    chat: bool = field(default=False, metadata={"help": "render the prompt as a user turn with the chat template"})
-    max_new_tokens: int = field(default=128, metadata={"help": "most tokens to generate"})
-    min_new_tokens: int = field(default=0, metadata={"help": "tokens to generate before EOS may end the text"})
-    temperature: float = field(default=0.8, metadata={"help": "0 is greedy; higher is more random"})
-    top_k: int | None = field(default=None, metadata={"help": "sample among the k likeliest tokens"})
-    top_p: float | None = field(default=0.95, metadata={"help": "sample among the likeliest tokens holding this mass"})
-    min_p: float | None = field(default=None, metadata={"help": "drop tokens below min_p x the top probability"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": ">1 discourages tokens already present"})
-    stop: list[str] = field(default_factory=list, metadata={"help": "strings that end the text (not printed)"})
-    seed: int | None = field(default=None, metadata={"help": "random seed, for reproducible samples"})
-    truncate: bool = field(default=False, metadata={
-        "help": "keep the end of a prompt longer than the context window instead of failing"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)"})
+class GenerateArgs(SamplingArgs, RuntimeArgs):
+    checkpoint: str = arg("smollm2-135m-instruct", "llmlab checkpoint or run folder, Hugging Face folder or hub id, "
+                                                   ".gguf file, or an alias")
+    prompt: str = arg("", "text to continue (empty: the BOS token)")
+    chat: bool = arg(False, "render the prompt as a user turn with the chat template")
+    max_new_tokens: int = arg(128, "most tokens to generate")
+    min_new_tokens: int = arg(0, "tokens to generate before EOS may end the text")
+    stop: list[str] = arg([], "strings that end the text (not printed)")
+    truncate: bool = arg(False, "keep the end of a prompt longer than the context window instead of failing")
 
 
 def run(args: GenerateArgs) -> str:
@@ -57,9 +49,7 @@ def run(args: GenerateArgs) -> str:
     log.info(f"{loaded.source}: {len(ids)} prompt tokens")
     pieces = []
     for piece in loaded.stream(ids, args.max_new_tokens, text=True, stop=args.stop,
-                               min_new_tokens=args.min_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                               seed=args.seed, truncate=args.truncate):
+                               min_new_tokens=args.min_new_tokens, truncate=args.truncate, **sampling_kwargs(args)):
         sys.stdout.write(piece)
         sys.stdout.flush()
         pieces.append(piece)

@@ -1,8 +1,9 @@
 """`llmlab data prepare`: text in, a tokenizer and binary shards out."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.errors import UserError
 from llmlab.data.shards import prepare
 from llmlab.data.sources import default_corpus, leading_text, read_documents, split_documents
@@ -10,14 +11,15 @@ from llmlab.data.sources import default_corpus, leading_text, read_documents, sp
 
 @dataclass
 class PrepareArgs:
-    data: list[str] = field(default_factory=list, metadata={
-        "help": "text files, folders, .jsonl (field 'text') or .parquet; default: Python's own standard library"})
-    out: str = field(default="runs/data", metadata={"help": "folder for shards, manifest.json and the tokenizer"})
-    tokenizer: str | None = field(default=None, metadata={
-        "help": "use this tokenizer (llmlab file, tokenizer.json, GGUF...) instead of training one"})
-    vocab_size: int = field(default=4096, metadata={"help": "vocabulary size of the tokenizer to train"})
-    tokenizer_mb: float = field(default=4.0, metadata={"help": "train the tokenizer on at most this many MB of text"})
-    val_fraction: float = field(default=0.05, metadata={"help": "share of documents held out for validation"})
+    data: list[str] = arg([],
+                          "text files, folders, .jsonl (field 'text') or .parquet; default: Python's own standard "
+                          "library")
+    out: str = arg("runs/data", "folder for shards, manifest.json and the tokenizer")
+    tokenizer: str | None = arg(None,
+                                "use this tokenizer (llmlab file, tokenizer.json, GGUF...) instead of training one")
+    vocab_size: int = arg(4096, "vocabulary size of the tokenizer to train")
+    tokenizer_mb: float = arg(4.0, "train the tokenizer on at most this many MB of text")
+    val_fraction: float = arg(0.05, "share of documents held out for validation")
 
 
 def run(args: PrepareArgs) -> dict:

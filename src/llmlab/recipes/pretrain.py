@@ -1,13 +1,90 @@
-"""`llmlab pretrain`: train a decoder on prepared shards (see llmlab.train.pretrain)."""
+"""`llmlab pretrain`: train a decoder on prepared shards.
 
-from llmlab.common import log
-from llmlab.train.pretrain import PretrainConfig, pretrain
+    llmlab pretrain --data runs/data --out runs/pretrain --preset llama-small --max-steps 2000
 
-PretrainArgs = PretrainConfig
+Writes `<out>/checkpoint` (reopens with `llmlab.load(out)`), `<out>/run_config.json` and
+`<out>/history.json`. The training itself is `llmlab.train.pretrain`'s.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmlab.common import checkpoint, log
+from llmlab.common.config import arg
+from llmlab.common.device import resolve_device
+from llmlab.common.errors import UserError
+from llmlab.common.io import write_json_atomic
+from llmlab.data.loader import read_manifest
+from llmlab.models import get_preset
+from llmlab.models.config import PRESETS
+from llmlab.train.loop import LoopSettings
+from llmlab.train.pretrain import pretrain
+
+
+@dataclass
+class PretrainArgs:
+    data: str = arg("runs/data", "folder written by `llmlab data prepare` (manifest.json + shards)")
+    out: str = arg("runs/pretrain", "run folder: checkpoint/, run_config.json, history.json")
+    preset: str = arg("llama-small", "model preset", choices=sorted(PRESETS))
+    seq_len: int | None = arg(None, "context length (default: the preset's)")
+    dropout: float = arg(0.0, "dropout probability")
+    batch_size: int = arg(16, "sequences per micro-batch")
+    grad_accum: int = arg(1, "micro-batches per optimizer step")
+    lr: float = arg(3e-3, "peak learning rate")
+    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = arg(30, "linear warmup steps")
+    weight_decay: float = arg(0.1, "AdamW decoupled weight decay (matrices only)")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0: off)")
+    max_steps: int = arg(500, "optimizer steps in the whole run (sets the cosine schedule)")
+    max_minutes: float | None = arg(None, "stop (and checkpoint) after this many minutes of training")
+    stop_at: int | None = arg(None, "stop (and checkpoint) after this step; --resume later continues the schedule")
+    schedule_by_time: bool = arg(False, "with --max-minutes: decay the learning rate over the time budget, "
+                                       "max_steps becoming an upper bound (fills the budget on any machine)")
+    eval_interval: int = arg(100, "steps between validation losses")
+    eval_tokens: int = arg(32768, "validation tokens per periodic evaluation")
+    ckpt_interval: int = arg(200, "steps between checkpoints (one is always written at the end)")
+    device: str = arg("auto", "cpu, cuda, cuda:N or auto")
+    compile: bool = arg(False, "torch.compile the model")
+    seed: int = arg(1337, "seed for weights, sampling and dropout")
+    resume: bool = arg(False, "continue from <out>/checkpoint exactly where it stopped")
+    skip_bad_steps: int = arg(0, "skip up to N steps whose loss is not finite (default: stop at the first)")
+    progress: bool = arg(True, "show a progress bar")
+
+
+# Settings that must not change across a resume (max_steps and max_minutes may, to extend a run).
+RESUME_KEYS = ("preset", "seq_len", "dropout", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
+               "weight_decay", "grad_clip", "seed")
+
+
+def loop_settings(args: PretrainArgs) -> LoopSettings:
+    return LoopSettings(max_steps=args.max_steps, lr=args.lr, warmup_steps=args.warmup_steps,
+                        min_lr_ratio=args.min_lr_ratio, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
+                        eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
+                        max_seconds=args.max_minutes * 60 if args.max_minutes else None, stop_at=args.stop_at,
+                        schedule_by_time=args.schedule_by_time, skip_bad_steps=args.skip_bad_steps,
+                        progress=args.progress)
 
 
 def run(args: PretrainArgs) -> dict:
-    summary = pretrain(args)
+    """Train per `args`; returns a summary (n_params, tokens_seen, tokens_per_s, final losses, paths)."""
+    device = resolve_device(args.device)
+    ckpt = Path(args.out) / "checkpoint"
+    if args.resume and not checkpoint.is_checkpoint(ckpt):
+        raise UserError(f"--resume {ckpt}: no such checkpoint; drop --resume to start a new run")
+    if not args.resume and checkpoint.is_checkpoint(ckpt):
+        raise UserError(f"{ckpt} already exists; pass --resume to continue it or choose a new --out")
+    overrides = {"vocab_size": read_manifest(args.data)["vocab_size"], "dropout": args.dropout}
+    if args.seq_len:
+        overrides["seq_len"] = args.seq_len
+    model_config = get_preset(args.preset, **overrides)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(args.out) / "run_config.json",
+                      {"pretrain": dataclasses.asdict(args), "model": model_config.to_dict()})
+    summary = pretrain(model_config, args.data, args.out, loop_settings(args), batch_size=args.batch_size,
+                       weight_decay=args.weight_decay, seed=args.seed, device=device,
+                       compile=args.compile, eval_tokens=args.eval_tokens, resume=args.resume,
+                       run=dataclasses.asdict(args), resume_keys=RESUME_KEYS)
     log.info(f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, "
              f"val loss {summary['final_val_loss']:.4f}; checkpoint in {summary['checkpoint']}")
     return summary

@@ -10,12 +10,13 @@ import ast
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from llmlab.common import log
+from llmlab.common import checkpoint, log
+from llmlab.common.config import arg
 from llmlab.common.device import resolve_device
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic, write_text_atomic
@@ -24,51 +25,51 @@ from llmlab.data.shards import prepare
 from llmlab.data.sources import default_corpus, leading_text, read_documents, split_documents
 from llmlab.eval.bpb import compressor_bpb, model_bpb
 from llmlab.infer.generate import generate
-from llmlab.models import Transformer, get_preset
+from llmlab.models import ModelConfig, Transformer, get_preset
 from llmlab.models.config import PRESETS
 from llmlab.tokenizer import Tokenizer
-from llmlab.train.checkpoint import read_meta
+from llmlab.train.loop import LoopSettings
 from llmlab.train.objectives import causal_lm_loss
 from llmlab.train.optim import make_adamw
 from llmlab.train.plot import plot_loss_curve
-from llmlab.train.pretrain import PretrainConfig, pretrain
+from llmlab.train.pretrain import pretrain
 
 SAMPLE_PROMPTS = ["def ", "import os\n", "class ", "    def __init__(self"]
 
 
 @dataclass
 class SpeedrunArgs:
-    out: str = field(default="runs/speedrun", metadata={"help": "run folder for data, checkpoint and report"})
-    data: list[str] = field(default_factory=list, metadata={
-        "help": "text files/folders/.jsonl/.parquet; default: Python's own standard library"})
-    preset: str = field(default="llama-tiny", metadata={"help": "model preset", "choices": sorted(PRESETS)})
-    vocab_size: int = field(default=4096, metadata={"help": "tokenizer vocabulary size"})
-    tokenizer_mb: float = field(default=4.0, metadata={"help": "MB of text to train the tokenizer on"})
-    max_minutes: float = field(default=9.0, metadata={"help": "wall-clock budget for the whole run"})
-    max_steps: int | None = field(default=None, metadata={
-        "help": "optimizer steps (default: as many as fit the time budget, measured on this machine)"})
-    batch_size: int = field(default=8, metadata={
-        "help": "sequences per step (small batches: more updates from the few tokens a CPU sees in minutes)"})
-    seq_len: int | None = field(default=None, metadata={"help": "context length (default: the preset's)"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    seed: int = field(default=1337, metadata={"help": "random seed"})
-    samples: int = field(default=4, metadata={"help": "how many samples to generate for the report"})
-    sample_tokens: int = field(default=160, metadata={"help": "new tokens per sample"})
-    resume: bool = field(default=False, metadata={"help": "resume pretraining from <out>/checkpoint"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    out: str = arg("runs/speedrun", "run folder for data, checkpoint and report")
+    data: list[str] = arg([], "text files/folders/.jsonl/.parquet; default: Python's own standard library")
+    preset: str = arg("llama-tiny", "model preset", choices=sorted(PRESETS))
+    vocab_size: int = arg(4096, "tokenizer vocabulary size")
+    tokenizer_mb: float = arg(4.0, "MB of text to train the tokenizer on")
+    max_minutes: float = arg(9.0, "wall-clock budget for the whole run")
+    max_steps: int | None = arg(None, "optimizer steps (default: as many as fit the time budget, measured on "
+                                      "this machine)")
+    batch_size: int = arg(8, "sequences per step (small batches: more updates from the few tokens a CPU sees "
+                             "in minutes)")
+    seq_len: int | None = arg(None, "context length (default: the preset's)")
+    lr: float = arg(3e-3, "peak learning rate")
+    device: str = arg("auto", "cpu, cuda or auto")
+    compile: bool = arg(False, "torch.compile the model")
+    seed: int = arg(1337, "random seed")
+    samples: int = arg(4, "how many samples to generate for the report")
+    sample_tokens: int = arg(160, "new tokens per sample")
+    resume: bool = arg(False, "resume pretraining from <out>/checkpoint")
+    progress: bool = arg(True, "show progress bars")
 
 
-def _seconds_per_token(cfg: PretrainConfig) -> float:
+# What a resumed speedrun must share with the interrupted one.
+RESUME_KEYS = ("preset", "vocab_size", "batch_size", "seq_len", "lr", "seed")
+
+
+def _seconds_per_token(model_config: ModelConfig, data_dir: Path, batch_size: int, lr: float, seed: int,
+                       device: torch.device) -> float:
     """Time a few training steps of a throwaway model like the run's; seconds per trained token."""
-    device = resolve_device(cfg.device)
-    overrides = {"vocab_size": read_manifest(cfg.data)["vocab_size"]}
-    if cfg.seq_len:
-        overrides["seq_len"] = cfg.seq_len
-    model = Transformer(get_preset(cfg.preset, **overrides)).to(device)
-    opt = make_adamw(model, cfg.lr, device_type=device.type)
-    sampler = WindowSampler(cfg.data, "train", cfg.batch_size, model.config.seq_len, seed=cfg.seed + 1)
+    model = Transformer(model_config).to(device)
+    opt = make_adamw(model, lr, device_type=device.type)
+    sampler = WindowSampler(data_dir, "train", batch_size, model_config.seq_len, seed=seed + 1)
     times = []
     for _ in range(6):
         t0 = time.perf_counter()
@@ -80,7 +81,7 @@ def _seconds_per_token(cfg: PretrainConfig) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     # the fastest step after two warm-ups: other load on the machine only ever makes steps slower
-    return min(times[2:]) / (cfg.batch_size * model.config.seq_len)
+    return min(times[2:]) / (batch_size * model_config.seq_len)
 
 
 def _parses_as_python(text: str) -> bool:
@@ -122,10 +123,12 @@ def run(args: SpeedrunArgs) -> dict:
         prepare(train_docs, val_docs, tokenizer, data_dir)
     t_data = time.perf_counter() - t_start
 
-    cfg = PretrainConfig(data=str(data_dir), out=str(out), preset=args.preset, seq_len=args.seq_len,
-                         batch_size=args.batch_size, lr=args.lr, device=args.device, compile=args.compile,
-                         seed=args.seed, resume=args.resume, progress=args.progress, max_steps=args.max_steps or 0)
-    per_token = _seconds_per_token(cfg)
+    device = resolve_device(args.device)
+    overrides = {"vocab_size": read_manifest(data_dir)["vocab_size"]}
+    if args.seq_len:
+        overrides["seq_len"] = args.seq_len
+    model_config = get_preset(args.preset, **overrides)
+    per_token = _seconds_per_token(model_config, data_dir, args.batch_size, args.lr, args.seed, device)
     # Keep time for the end: a forward pass over the validation split costs ~1/3 of a training step per token
     # (no backward), sampling one token costs a forward over the context; 10% margin for periodic evaluations.
     val_tokens = read_manifest(data_dir)["val"]["tokens"]
@@ -135,20 +138,22 @@ def run(args: SpeedrunArgs) -> dict:
     if train_seconds <= 10:
         raise UserError(f"--max-minutes {args.max_minutes}: no time left for training after preparing data "
                         f"({t_data:.0f}s) and keeping {reserve:.0f}s for evaluation; raise the budget")
-    seq_len = args.seq_len or get_preset(args.preset).seq_len
-    expected_steps = max(10, int(train_seconds / (per_token * args.batch_size * seq_len)))
+    expected_steps = max(10, int(train_seconds / (per_token * args.batch_size * model_config.seq_len)))
+    settings = LoopSettings(max_steps=args.max_steps or 0, lr=args.lr, max_seconds=train_seconds,
+                            warmup_steps=min(30, max(1, expected_steps // 10)),
+                            eval_interval=max(25, expected_steps // 8),  # about 8 points on the validation curve
+                            ckpt_interval=max(50, expected_steps // 4), progress=args.progress)
     if not args.max_steps:  # the schedule follows the clock; steps only cap the run
-        cfg.max_steps, cfg.schedule_by_time = 100 * expected_steps, True
-    cfg.max_minutes = train_seconds / 60
-    cfg.warmup_steps = min(cfg.warmup_steps, max(1, expected_steps // 10))
-    cfg.eval_interval = max(25, expected_steps // 8)  # about 8 points on the validation curve
-    cfg.ckpt_interval = max(50, expected_steps // 4)
-    cfg.eval_tokens = 16384
-    if args.resume:  # keep the interrupted run's warmup, which the resume check compares
-        cfg.warmup_steps = read_meta(out / "checkpoint")["run"]["warmup_steps"]
-    length = f"{train_seconds:.0f}s, about {expected_steps} steps" if cfg.schedule_by_time else f"{cfg.max_steps} steps"
+        settings.max_steps, settings.schedule_by_time = 100 * expected_steps, True
+    if args.resume:  # keep the interrupted run's warmup: its schedule must go on unchanged
+        settings.warmup_steps = checkpoint.read_meta(out / "checkpoint")["run"]["warmup_steps"]
+    run_record = {**dataclasses.asdict(args), "warmup_steps": settings.warmup_steps}
+    length = (f"{train_seconds:.0f}s, about {expected_steps} steps" if settings.schedule_by_time
+              else f"{settings.max_steps} steps")
     log.info(f"[3/4] pretraining {args.preset} for {length}")
-    summary = pretrain(cfg)
+    summary = pretrain(model_config, data_dir, out, settings, batch_size=args.batch_size, seed=args.seed,
+                       device=device, compile=args.compile, eval_tokens=16384, resume=args.resume,
+                       run=run_record, resume_keys=RESUME_KEYS)
 
     log.info("[4/4] evaluating on held-out text and sampling")
     model, tokenizer = summary["model"], summary["tokenizer"]

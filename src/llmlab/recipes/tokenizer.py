@@ -6,10 +6,11 @@ function is the Python API (`train(TrainArgs(input=["corpus.txt"], vocab_size=40
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from llmlab.common import log
+from llmlab.common.config import arg
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_text_atomic
 from llmlab.tokenizer import Tokenizer
@@ -18,16 +19,14 @@ from llmlab.tokenizer.patterns import PATTERNS
 
 @dataclass
 class TrainArgs:
-    input: list[str] = field(metadata={"help": "text files or folders to train on", "short": "-i"})
-    vocab_size: int = field(metadata={"help": "vocabulary size, special tokens included"})
-    output: str = field(default="tokenizer.llmlab.json", metadata={"help": "where to write the tokenizer",
-                                                                   "short": "-o"})
-    pattern: str = field(default="gpt4", metadata={"help": f"split pattern: {', '.join(PATTERNS)} or a regex"})
-    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"],
-                                      metadata={"help": "special tokens, given the last ids"})
-    trainer: str = field(default="fast", metadata={"help": "BPE trainer", "choices": ["fast", "reference"]})
-    hf_dir: str = field(default="", metadata={"help": "also write a Hugging Face tokenizer.json to this folder"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    input: list[str] = arg(MISSING, "text files or folders to train on", short="-i")
+    vocab_size: int = arg(MISSING, "vocabulary size, special tokens included")
+    output: str = arg("tokenizer.llmlab.json", "where to write the tokenizer", short="-o")
+    pattern: str = arg("gpt4", f"split pattern: {', '.join(PATTERNS)} or a regex")
+    special_tokens: list[str] = arg(["<|endoftext|>"], "special tokens, given the last ids")
+    trainer: str = arg("fast", "BPE trainer", choices=["fast", "reference"])
+    hf_dir: str = arg("", "also write a Hugging Face tokenizer.json to this folder")
+    progress: bool = arg(True, "show progress bars")
 
 
 def train(args: TrainArgs) -> Tokenizer:
@@ -43,13 +42,11 @@ def train(args: TrainArgs) -> Tokenizer:
 
 @dataclass
 class EncodeArgs:
-    tokenizer: str = field(metadata={"help": "tokenizer file or folder (llmlab, tokenizer.json, GGUF, ...)",
-                                     "short": "-t"})
-    text: str = field(default="", metadata={"help": "text to encode"})
-    input: str = field(default="", metadata={"help": "or a UTF-8 file to encode", "short": "-i"})
-    allowed_special: list[str] = field(default_factory=list,
-                                       metadata={"help": "special tokens to match in the text ('all' for every one)"})
-    output: str = field(default="", metadata={"help": "write ids as JSON here instead of printing", "short": "-o"})
+    tokenizer: str = arg(MISSING, "tokenizer file or folder (llmlab, tokenizer.json, GGUF, ...)", short="-t")
+    text: str = arg("", "text to encode")
+    input: str = arg("", "or a UTF-8 file to encode", short="-i")
+    allowed_special: list[str] = arg([], "special tokens to match in the text ('all' for every one)")
+    output: str = arg("", "write ids as JSON here instead of printing", short="-o")
 
 
 def _read_text(text: str, path: str) -> str:
@@ -80,9 +77,9 @@ def encode(args: EncodeArgs) -> list[int]:
 
 @dataclass
 class DecodeArgs:
-    tokenizer: str = field(metadata={"help": "tokenizer file or folder", "short": "-t"})
-    ids: list[int] = field(default_factory=list, metadata={"help": "token ids"})
-    input: str = field(default="", metadata={"help": "or a JSON file holding a list of ids", "short": "-i"})
+    tokenizer: str = arg(MISSING, "tokenizer file or folder", short="-t")
+    ids: list[int] = arg([], "token ids")
+    input: str = arg("", "or a JSON file holding a list of ids", short="-i")
 
 
 def decode(args: DecodeArgs) -> str:
@@ -102,11 +99,10 @@ def decode(args: DecodeArgs) -> str:
 
 @dataclass
 class AnalyzeArgs:
-    tokenizer: list[str] = field(metadata={"help": "tokenizers to compare (repeat the flag)", "short": "-t"})
-    text: list[str] = field(default_factory=list,
-                            metadata={"help": "text files to measure (default: the built-in multilingual samples)"})
-    sample: str = field(default="", metadata={"help": "line to show split by each tokenizer (default: one per text)"})
-    plot: str = field(default="", metadata={"help": "save a bar chart (PNG/SVG/PDF) here"})
+    tokenizer: list[str] = arg(MISSING, "tokenizers to compare (repeat the flag)", short="-t")
+    text: list[str] = arg([], "text files to measure (default: the built-in multilingual samples)")
+    sample: str = arg("", "line to show split by each tokenizer (default: one per text)")
+    plot: str = arg("", "save a bar chart (PNG/SVG/PDF) here")
 
 
 def analyze(args: AnalyzeArgs) -> list:
@@ -130,10 +126,9 @@ def analyze(args: AnalyzeArgs) -> list:
 
 @dataclass
 class ConvertArgs:
-    input: str = field(metadata={"help": "tokenizer to read (llmlab, tokenizer.json, GGUF, vocab+merges, tiktoken)",
-                                 "short": "-i"})
-    output: str = field(metadata={"help": "file (llmlab format) or folder (hf format) to write", "short": "-o"})
-    format: str = field(default="llmlab", metadata={"help": "output format", "choices": ["llmlab", "hf"]})
+    input: str = arg(MISSING, "tokenizer to read (llmlab, tokenizer.json, GGUF, vocab+merges, tiktoken)", short="-i")
+    output: str = arg(MISSING, "file (llmlab format) or folder (hf format) to write", short="-o")
+    format: str = arg("llmlab", "output format", choices=["llmlab", "hf"])
 
 
 def convert(args: ConvertArgs) -> Tokenizer:

@@ -5,20 +5,34 @@ blocks are split and counted on every core. A block ends just before a letter
 that follows a newline: no chunk of the built-in patterns spans such a point,
 so counting block by block gives exactly the counts of the whole text. This
 file does not train or encode; it only turns text into `{chunk bytes: count}`.
+
+The worker processes are forked on Linux and spawned elsewhere. Only a few
+blocks are in flight at a time, so memory stays bounded whatever the corpus
+size. If the workers cannot start (a spawned worker re-imports `__main__`, which
+fails for a script read from stdin or one without an `if __name__ == "__main__":`
+guard), the blocks are counted again in this process; the result is the same.
 """
 
 import multiprocessing as mp
 import os
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 from pathlib import Path
 
 import regex
 from tqdm import tqdm
 
+from llmlab.common import log
 from llmlab.common.errors import UserError
 
 BLOCK_CHARS = 1 << 20
+POLL_SECONDS = 5.0  # how often a waiting pool checks for progress
+STALL_SECONDS = 600.0  # no block finished for this long: the workers are stuck, give up
 _CUT = regex.compile(r"\n(?=\p{L})")
 
 
@@ -104,21 +118,67 @@ def count_chunks(
     (0 = every core). Small inputs are counted in this process."""
     total_bytes = sum(len(t) for t in texts) + sum(f.stat().st_size for f in files)
     workers = num_workers or os.cpu_count() or 1
-    jobs = (
-        (pattern, block, more)
-        for source in [*(iter_text_blocks(t) for t in texts), *(iter_blocks(f) for f in files)]
-        for block, more in source
-    )
+
+    def jobs() -> Iterator[tuple[str, str, bool]]:
+        for source in [*(iter_text_blocks(t) for t in texts), *(iter_blocks(f) for f in files)]:
+            for block, more in source:
+                yield pattern, block, more
+
     counts: Counter = Counter()
     bar = tqdm(total=total_bytes, desc="pre-tokenising", unit="B", unit_scale=True, disable=not progress)
     if workers == 1 or total_bytes < 2 * BLOCK_CHARS:
-        for c, n in map(count_block, jobs):
-            counts.update(c)
-            bar.update(n)
+        _count_here(jobs(), counts, bar)
     else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for c, n in pool.imap_unordered(count_block, jobs):
-                counts.update(c)
-                bar.update(n)
+        try:
+            _count_in_pool(jobs(), workers, counts, bar)
+        except BrokenProcessPool:
+            log.info("pre-tokenising: worker processes failed to start or died; counting in this process instead")
+            counts.clear()
+            bar.reset()
+            _count_here(jobs(), counts, bar)
     bar.close()
     return {chunk.encode("utf-8"): n for chunk, n in counts.items()}
+
+
+def _count_here(jobs: Iterator[tuple[str, str, bool]], counts: Counter, bar: tqdm) -> None:
+    for c, n in map(count_block, jobs):
+        counts.update(c)
+        bar.update(n)
+
+
+def pool_context() -> mp.context.BaseContext:
+    """Fork on Linux: the workers only run `regex` (no threads, no GPU), and a forked worker does not
+    re-import `__main__`, so scripts without a main guard, or read from stdin, work. Spawn elsewhere."""
+    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def _count_in_pool(jobs: Iterator[tuple[str, str, bool]], workers: int, counts: Counter, bar: tqdm) -> None:
+    """Count on `workers` processes, at most two blocks per worker in flight. Raises
+    `BrokenProcessPool` when a worker cannot start or dies (the caller then counts here)."""
+    executor = ProcessPoolExecutor(workers, mp_context=pool_context())
+    finished = False
+    try:
+        pending = {executor.submit(count_block, job) for job in islice(jobs, 2 * workers)}
+        last_progress = time.monotonic()
+        while pending:
+            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            if not done:
+                if time.monotonic() - last_progress > STALL_SECONDS:
+                    raise RuntimeError(f"pre-tokenising: no block finished in {STALL_SECONDS:.0f} s; the "
+                                       f"worker processes look stuck (pass num_workers=1 to count in one process)")
+                continue
+            last_progress = time.monotonic()
+            for future in done:
+                c, n = future.result()
+                counts.update(c)
+                bar.update(n)
+            pending |= {executor.submit(count_block, job) for job in islice(jobs, len(done))}
+        finished = True
+    finally:
+        if not finished:  # an error or a stall: stop the workers rather than wait for their blocks
+            # (`executor.terminate_workers()` only exists from Python 3.14)
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                process.terminate()
+        executor.shutdown(wait=finished, cancel_futures=True)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llmlab.common.errors import UserError
-from llmlab.train.objectives import causal_lm_loss
+from llmlab.train.objectives import lm_loss
 from llmlab.train.optim import lr_at
 
 # Dense bf16 peak FLOP/s by GPU name, for MFU (as nanoGPT estimates it against the A100's 312 TFLOP/s).
@@ -62,15 +62,9 @@ class TrainState:
                     bad_steps=self.bad_steps, history=self.history)
 
 
-def default_loss(model: torch.nn.Module, batch) -> torch.Tensor:
-    idx, targets = batch[0], batch[1]
-    kwargs = batch[2] if len(batch) > 2 else {}
-    return causal_lm_loss(model(idx, **kwargs), targets)
-
-
 def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
                settings: LoopSettings, state: TrainState, *, evaluate: Callable[[], float] | None = None,
-               save: Callable[[TrainState], None] | None = None, loss_fn: Callable = default_loss,
+               save: Callable[[TrainState], None] | None = None, loss_fn: Callable = lm_loss,
                autocast_dtype: torch.dtype | None = None) -> TrainState:
     """Run from state.step to settings.max_steps; returns the final state (also passed to `save`)."""
     device = next(model.parameters()).device
@@ -140,18 +134,3 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
             break
     bar.close()
     return state
-
-
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, batches, autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
-    """Summed loss (nats) and number of targets over `batches` of (idx, targets); -100 targets are skipped."""
-    model.eval()
-    device = next(model.parameters()).device
-    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    total, count = 0.0, 0
-    for idx, targets in batches:
-        idx, targets = idx.to(device), targets.to(device)
-        with amp:
-            total += causal_lm_loss(model(idx), targets, reduction="sum").item()
-        count += int((targets != -100).sum())
-    return total, count

@@ -1,11 +1,14 @@
-"""Losses. Targets of -100 are ignored (padding, prompt tokens in SFT)."""
+"""Training objectives: what the loop minimises. Targets of -100 are ignored (padding, prompt tokens in SFT).
 
-import math
+Each `*_loss(model, batch)` takes the model and one batch `(idx, targets[, model keyword arguments])`
+and returns a scalar to minimise; the loop calls whichever the recipe hands it.
+"""
 
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from llmlab.common.constants import IGNORE_INDEX
+from llmlab.infer.classify import last_token_logits
 
 
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -14,6 +17,24 @@ def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str =
                            reduction=reduction)
 
 
-def bits_per_byte(total_nats: float, total_bytes: int) -> float:
-    """Loss in a unit that does not depend on the tokenizer: nats over all targets -> bits per UTF-8 byte."""
-    return total_nats / math.log(2) / total_bytes
+def lm_loss(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    """Next-token loss over every position: pretraining."""
+    idx, targets = batch[0], batch[1]
+    kwargs = batch[2] if len(batch) > 2 else {}
+    return causal_lm_loss(model(idx, **kwargs), targets)
+
+
+def sft_loss(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    """Next-token loss over target positions only (assistant tokens in SFT), projecting only those
+    positions to the vocabulary (`logits_mask`): prompts and padding cost no head compute."""
+    idx, targets = batch[0], batch[1]
+    kwargs = batch[2] if len(batch) > 2 else {}
+    keep = targets != IGNORE_INDEX  # (B, T)
+    logits = model(idx, logits_mask=keep, **kwargs)  # (N, vocab)
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def classification_loss(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    """Cross-entropy of the class logits at each row's last real token; batch = (idx, labels, {attn_mask})."""
+    idx, labels, kwargs = batch
+    return F.cross_entropy(last_token_logits(model(idx, **kwargs), kwargs["attn_mask"]).float(), labels)

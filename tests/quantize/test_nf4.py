@@ -3,17 +3,9 @@
 import pytest
 import torch
 
-from llmlab.finetune.lora import lora_modules
-from llmlab.finetune.nf4 import (
-    DYNAMIC_CODE,
-    NF4_CODE,
-    NF4Linear,
-    apply_qlora,
-    build_nf4_code,
-    dequantize_nf4,
-    quantize_nf4,
-)
 from llmlab.models import Transformer, get_preset
+from llmlab.quantize import QuantizedLinear, dequantize_model, quantize_model_nf4
+from llmlab.quantize.nf4 import DYNAMIC_CODE, NF4_CODE, NF4Linear, build_nf4_code, dequantize_nf4, quantize_nf4
 
 
 def test_code_tables():
@@ -61,17 +53,17 @@ def test_nf4_linear_gradients_and_qlora():
     y.sum().backward()
     torch.testing.assert_close(x.grad, torch.ones(2, 5, 32) @ q.dequantize())
 
+
+def test_quantized_layers_are_recognised_by_type_and_dequantize_back():
+    torch.manual_seed(0)
     model = Transformer(get_preset("llama-tiny", n_layer=2, n_embd=64, vocab_size=128, seq_len=32))
-    report = apply_qlora(model, rank=4, alpha=8, targets=["q_proj", "v_proj"])
-    assert report["nf4"] < report["bfloat16"] / 3.5 and report["float32"] == 2 * report["bfloat16"]
-    assert len(lora_modules(model)) == 4
-    idx = torch.randint(0, 128, (2, 16))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(5):
-        loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    idx = torch.randint(0, 128, (1, 16))
+    report = quantize_model_nf4(model)
+    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(quantized) == 2 * 7 and all(isinstance(m, NF4Linear) for m in quantized)  # q k v o gate up down
+    assert report["params"] == sum(m.in_features * m.out_features for m in quantized)
+    with torch.no_grad():
+        before = model(idx)
+        dequantize_model(model)
+        assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
+        torch.testing.assert_close(model(idx), before, atol=1e-5, rtol=0)

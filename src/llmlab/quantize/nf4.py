@@ -12,11 +12,12 @@ Quantising one weight matrix W (out, in), flattened row-major into blocks of 64:
    blockwise (block 256) with bitsandbytes' signed dynamic code
    (`build_dynamic_code`), leaving ~0.127 bits of overhead per weight.
 
-Dequantising reverses the steps; `NF4Linear` does it on the fly in forward and
-again in backward (nothing but the packed bytes stays in memory). This file
-does not train anything; `apply_qlora` puts LoRA on top of the NF4 layers.
-The numbers match bitsandbytes' `quantize_4bit(..., quant_type="nf4",
-compress_statistics=True)` byte for byte (tests/finetune/test_nf4.py).
+Dequantising reverses the steps; `NF4Linear` (a `QuantizedLinear`) does it on
+the fly in forward and again in backward (nothing but the packed bytes stays in
+memory). This file does not train anything; `llmlab.finetune.lora.apply_qlora`
+puts LoRA on top of the NF4 layers. The numbers match bitsandbytes'
+`quantize_4bit(..., quant_type="nf4", compress_statistics=True)` byte for byte
+(tests/quantize/test_nf4.py).
 """
 
 from collections.abc import Iterable
@@ -25,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmlab.finetune.lora import DEFAULT_TARGETS, _parent, apply_lora, freeze
+from llmlab.models.swap import find_modules, freeze, replace_module
+from llmlab.quantize.linear import QuantizedLinear
 
 BLOCK = 64  # weights per absmax constant
 BLOCK2 = 256  # absmax constants per second-level scale
@@ -117,29 +119,13 @@ def nf4_bytes(q: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in q.values())
 
 
-class _NF4Matmul(torch.autograd.Function):
-    """y = x W^T + b with W dequantised in forward and again in backward, so only the 4-bit bytes are kept."""
-
-    @staticmethod
-    def forward(ctx, x, layer, bias):
-        ctx.layer = layer
-        return F.linear(x, layer.dequantize(x.dtype), bias)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        return grad_y @ ctx.layer.dequantize(grad_y.dtype), None, None  # (B, T, out) @ (out, in)
-
-
-class NF4Linear(nn.Module):
+class NF4Linear(QuantizedLinear):
     """A frozen linear layer whose weight lives as NF4 with double-quantised absmax."""
 
     def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.compute_dtype = linear.weight.dtype
+        super().__init__(linear)
         for name, t in quantize_nf4(linear.weight.detach()).items():
             self.register_buffer(name, t)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def quantized(self) -> dict[str, torch.Tensor]:
         return {"packed": self.packed, "qabsmax": self.qabsmax, "absmax2": self.absmax2, "offset": self.offset}
@@ -148,16 +134,8 @@ class NF4Linear(nn.Module):
         return dequantize_nf4(self.quantized(), torch.Size((self.out_features, self.in_features)),
                               dtype or self.compute_dtype)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantised weight (out, in): a fresh tensor, read-only in effect."""
-        return self.dequantize()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _NF4Matmul.apply(x, self, self.bias)
-
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, nf4 block={BLOCK}"
+        return f"{super().extra_repr()}, nf4 block={BLOCK}"
 
 
 def quantize_model_nf4(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict[str, int]:
@@ -166,24 +144,13 @@ def quantize_model_nf4(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> 
     {"nf4": bytes now stored, "float32": the same weights in float32, "bfloat16": ... in bf16, "params": n}
     """
     freeze(model)
-    skip = tuple(skip)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(skip)]
     report = {"nf4": 0, "float32": 0, "bfloat16": 0, "params": 0}
-    for name in names:
-        parent, leaf = _parent(model, name)
-        q = NF4Linear(getattr(parent, leaf))
-        setattr(parent, leaf, q)
+    for name in find_modules(model, (nn.Linear,), skip=skip):
+        q = NF4Linear(model.get_submodule(name))
+        replace_module(model, name, q)
         n = q.in_features * q.out_features
         report["nf4"] += nf4_bytes(q.quantized())
         report["float32"] += 4 * n
         report["bfloat16"] += 2 * n
         report["params"] += n
-    return report
-
-
-def apply_qlora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                targets: Iterable[str] = DEFAULT_TARGETS) -> dict[str, int]:
-    """QLoRA: store every block linear layer as NF4, then LoRA on the targets. Returns the bytes report."""
-    report = quantize_model_nf4(model)
-    apply_lora(model, rank, alpha, dropout, targets)
     return report

@@ -1,0 +1,38 @@
+"""Argument groups more than one recipe takes, so their flags and help read the same everywhere.
+
+Recipes never import each other; what they share lives here (arguments) or
+in a component (code). A recipe's dataclass inherits a group and may change
+a default by declaring the field again.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmlab.common.config import arg
+
+
+@dataclass
+class SamplingArgs:
+    """How the next token is chosen (see `llmlab.infer.sampling`)."""
+
+    temperature: float = arg(0.8, "0 is greedy; higher is more random")
+    top_k: int | None = arg(None, "sample among the k likeliest tokens")
+    top_p: float | None = arg(0.95, "sample among the likeliest tokens holding this mass")
+    min_p: float | None = arg(None, "drop tokens below min_p x the top probability")
+    repetition_penalty: float = arg(1.0, ">1 discourages tokens already present")
+    seed: int | None = arg(None, "random seed, for reproducible samples")
+
+
+def sampling_kwargs(args: SamplingArgs) -> dict[str, Any]:
+    """The keywords `llmlab.infer.generate.stream` takes, from a recipe's arguments."""
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+            "repetition_penalty": args.repetition_penalty, "seed": args.seed}
+
+
+@dataclass
+class RuntimeArgs:
+    """Where a loaded model runs."""
+
+    device: str = arg("cpu", "cpu, cuda or auto")
+    dtype: str = arg("float32", "float32, bfloat16 or float16")
+    threads: int | None = arg(None, "CPU threads for torch (default: torch's choice)")
