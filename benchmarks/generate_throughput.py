@@ -24,15 +24,7 @@ from pathlib import Path
 
 import torch
 
-
-def _timed(fn, repeats: int = 1) -> float:
-    """Best wall-clock seconds of `repeats` calls (the minimum is the least disturbed by other processes)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from llmlab.common.measure import best_seconds
 
 
 def setup_llmlab(path: Path, prompts: list[list[int]], long_prompt: list[int], n_new: int) -> tuple[float, dict]:
@@ -96,8 +88,8 @@ def bench_llama_cpp(path: Path, prompt: list[int], long_prompt: list[int], n_new
         llm.reset()
         llm.create_completion(long_prompt, max_tokens=1, temperature=0.0, top_k=1)
 
-    b1 = _timed(decode, repeats)
-    pre = _timed(prefill, repeats)
+    b1 = best_seconds(decode, repeats, "cpu")
+    pre = best_seconds(prefill, repeats, "cpu")
     return {"load_s": load_s, "decode_b1_tok_s": generated[-1] / b1, "prefill_tok_s": len(long_prompt) / pre}
 
 
@@ -127,8 +119,8 @@ def main() -> None:
     best = {side: dict.fromkeys(ours_runs, float("inf")) for side in ("ours", "peer")}
     for _ in range(args.repeats):  # alternate the two, so a change in machine load hits both alike
         for name in ours_runs:
-            best["ours"][name] = min(best["ours"][name], _timed(ours_runs[name]))
-            best["peer"][name] = min(best["peer"][name], _timed(peer_runs[name]))
+            best["ours"][name] = min(best["ours"][name], best_seconds(ours_runs[name], 1, "cpu"))
+            best["peer"][name] = min(best["peer"][name], best_seconds(peer_runs[name], 1, "cpu"))
     ours = figures(ours_load, best["ours"], prompts, long_prompt, args.new_tokens)
     peer = figures(peer_load, best["peer"], prompts, long_prompt, args.new_tokens)
     # llama-cpp-python crashes when loaded next to transformers here: give it a process of its own

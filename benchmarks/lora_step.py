@@ -15,30 +15,20 @@ The last line printed is one JSON object with the figures and the ratios (llmlab
 import argparse
 import json
 import multiprocessing
-import re
 import statistics
-import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
-from pathlib import Path
+from functools import partial
 
 import peft
 import torch
 import torch.nn.functional as F
 import transformers
 
+from llmlab.common.measure import PeakMemory, best_seconds
 from llmlab.finetune.lora import apply_lora
 from llmlab.models import Transformer, get_preset
 from llmlab.models.hf import config_to_hf, state_dict_to_hf
-
-
-def rss_peak_mb() -> float | None:
-    m = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(m.group(1)) / 1024 if m else None
-
-
-def rss_mb() -> float:
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
 
 
 def build(args, device):
@@ -70,8 +60,6 @@ def make_step(model, forward, device, dtype):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         return loss.item()
 
     return step
@@ -89,19 +77,9 @@ def peak_of(args, name: str) -> float | None:
     ours, theirs, config = build(args, device)
     step = steps_for(ours, theirs, device, dtype)[name]
     idx = torch.randint(0, config.vocab_size, (args.batch, args.seq_len)).to(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step(idx), step(idx)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (Linux)
-    except OSError:
-        return None
-    base = rss_mb()
+    memory = PeakMemory(device)  # CUDA: allocator peak; CPU: peak resident set, reset here
     step(idx), step(idx)
-    return rss_peak_mb() - base
+    return memory.extra_mb()
 
 
 def main() -> None:
@@ -131,10 +109,9 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.steps + 1):  # alternate, so background load hits both alike; round 0 is warm-up
         for name, step in (steps.items() if i % 2 == 0 else reversed(steps.items())):
-            t0 = time.perf_counter()
-            step(idx)
+            seconds = best_seconds(partial(step, idx), 1, device)  # one step, GPU work waited for
             if i > 0:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(seconds)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name in steps:
         mem = f"{memory[name]:.0f} MB" if memory[name] is not None else "n/a"

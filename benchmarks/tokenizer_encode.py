@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import tiktoken
@@ -23,16 +22,8 @@ from tokenizers import Tokenizer as HFTokenizer
 sys.path.insert(0, str(Path(__file__).parent))
 from tokenizer_train import build_corpus  # noqa: E402
 
+from llmlab.common.measure import best_seconds  # noqa: E402
 from llmlab.tokenizer import Tokenizer  # noqa: E402
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -55,14 +46,14 @@ def main() -> None:
     assert tok.encode(sample) == enc.encode_ordinary(sample) == hf.encode(sample).ids, "ids differ"
 
     single = {
-        "llmlab": best_of(lambda: tok.encode(text)),
-        "tiktoken": best_of(lambda: enc.encode_ordinary(text)),
-        "tokenizers": best_of(lambda: hf.encode(text), repeat=1),
+        "llmlab": best_seconds(lambda: tok.encode(text)),
+        "tiktoken": best_seconds(lambda: enc.encode_ordinary(text)),
+        "tokenizers": best_seconds(lambda: hf.encode(text), repeats=1),
     }
     batch = {
-        "llmlab": best_of(lambda: tok.encode_batch(docs)),
-        "tiktoken": best_of(lambda: enc.encode_ordinary_batch(docs, num_threads=threads)),
-        "tokenizers": best_of(lambda: hf.encode_batch(docs), repeat=1),
+        "llmlab": best_seconds(lambda: tok.encode_batch(docs)),
+        "tiktoken": best_seconds(lambda: enc.encode_ordinary_batch(docs, num_threads=threads)),
+        "tokenizers": best_seconds(lambda: hf.encode_batch(docs), repeats=1),
     }
     out = {"mb": round(mb, 2), "vocab": tok.vocab_size, "threads": threads, "n_docs": len(docs)}
     for mode, times in (("single", single), ("batch", batch)):

@@ -68,7 +68,8 @@ def run_one(lib: str, corpus: str, vocab: int) -> dict:
 
         rustbpe.Tokenizer().train_from_iterator(lines(), vocab - 1)
     seconds = time.perf_counter() - t0
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec. Read by hand, not through
+    # llmlab.common.measure: that module imports torch, which alone would add ~190 MB to every peak here.
     status = Path("/proc/self/status").read_text()
     hwm_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
     workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 import torch
 import transformers
 
+from llmlab.common.measure import sync
 from llmlab.models import Transformer, get_preset
 from llmlab.models.gpt import flops_per_token
 from llmlab.models.hf import config_to_hf, state_dict_to_hf
@@ -23,15 +24,14 @@ from llmlab.train.objectives import causal_lm_loss
 
 
 def time_steps(step, n_steps: int, warmup: int, device: torch.device) -> float:
+    """Mean seconds per step over `n_steps` steps, after `warmup` untimed ones."""
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(n_steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return (time.perf_counter() - t0) / n_steps
 
 

@@ -7,7 +7,9 @@ print one line and exit 2; nothing else is caught.
 """
 
 import argparse
+import dataclasses
 import importlib
+import re
 import sys
 
 from llmlab.common.config import add_dataclass_arguments, from_namespace
@@ -62,6 +64,16 @@ def overview(prefix: list[str]) -> str:
     return "\n".join(lines + [f"  {name:<{width}}  {help_text}" for name, help_text in rows])
 
 
+def as_flags(message: str, args_cls: type) -> str:
+    """Components name parameters (`skip_bad_rows`); on the command line, say the flag (`--skip-bad-rows`).
+    Only names with an underscore are translated: plain words like `rank` read the same either way."""
+    for f in dataclasses.fields(args_cls):
+        if "_" in f.name:
+            # a whole word, not part of a path or file name
+            message = re.sub(rf"(?<![-\w/.]){f.name}(?![-\w/])", "--" + f.name.replace("_", "-"), message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     found = find_command(argv)
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if words or any(a in ("-h", "--help") for a in argv) else 2
     words, rest = found
     module_name, args_cls_name, run_name, help_text = COMMANDS[words]
+    args_cls = None
     try:
         module = importlib.import_module(module_name)  # only the chosen recipe: torch is slow to import
         args_cls = getattr(module, args_cls_name)
@@ -83,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         args = from_namespace(args_cls, parser.parse_args(rest))
         getattr(module, run_name)(args)
     except UserError as e:
-        print(f"llmlab: error: {e}", file=sys.stderr)
+        print(f"llmlab: error: {as_flags(str(e), args_cls) if args_cls else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("llmlab: interrupted", file=sys.stderr)

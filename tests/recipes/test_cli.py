@@ -89,3 +89,12 @@ def test_longest_command_prefix_wins_and_help_lists_commands(capsys):
     assert main(["tokenizer"]) == 0 and "tokenizer train" in capsys.readouterr().out
     assert main(["no-such-command"]) == 2
     assert "unknown command" in _error_line(capsys)
+
+
+def test_component_errors_name_the_flag_on_the_command_line():
+    from llmlab.cli import as_flags
+    from llmlab.recipes.finetune import FinetuneArgs
+
+    msg = "d.jsonl:2: bad; fix the row, or set skip_bad_rows to skip such rows (runs/skip_bad_rows/x, max_steps.)"
+    assert as_flags(msg, FinetuneArgs) == ("d.jsonl:2: bad; fix the row, or set --skip-bad-rows to skip such rows "
+                                           "(runs/skip_bad_rows/x, --max-steps.)")

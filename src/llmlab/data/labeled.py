@@ -35,7 +35,8 @@ def read_labeled_jsonl(path: str | Path, skip_bad_rows: bool = False) -> tuple[l
         except (json.JSONDecodeError, ValueError) as e:
             what = f"bad JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else str(e)
             if not skip_bad_rows:
-                raise UserError(f"{path}:{lineno}: {what}; fix the row or pass --skip-bad-rows") from None
+                raise UserError(f"{path}:{lineno}: {what}; fix the row, or set skip_bad_rows to skip such rows"
+                                ) from None
             skipped += 1
     if not rows:
         raise UserError(f"{path}: no usable rows")

@@ -103,7 +103,8 @@ def read_sft_jsonl(path: str | Path, skip_bad_rows: bool = False) -> SFTData:
             except (json.JSONDecodeError, ValueError) as e:
                 what = f"bad JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else str(e)
                 if not skip_bad_rows:
-                    raise UserError(f"{path}:{lineno}: {what}; fix the row or pass --skip-bad-rows") from None
+                    raise UserError(f"{path}:{lineno}: {what}; fix the row, or set skip_bad_rows to skip such rows"
+                                    ) from None
                 data.skipped += 1
                 data.problems.append(f"{path}:{lineno}: {what}")
     if data.skipped:
@@ -126,7 +127,8 @@ def read_hf_dataset(name: str, split: str = "train", skip_bad_rows: bool = False
             data.examples.append(row_to_messages(dict(row)))
         except ValueError as e:
             if not skip_bad_rows:
-                raise UserError(f"{name}[{split}] row {i}: {e}; pass --skip-bad-rows to skip it") from None
+                raise UserError(f"{name}[{split}] row {i}: {e}; fix it, or set skip_bad_rows to skip such rows"
+                                ) from None
             data.skipped += 1
             data.problems.append(f"{name} row {i}: {e}")
     return data

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from llmlab.common.constants import TOKENIZER_FILE
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
 from llmlab.data.sources import Document
-
-TOKENIZER_FILE = "tokenizer.llmlab.json"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

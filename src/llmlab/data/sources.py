@@ -81,7 +81,7 @@ def read_documents(paths: list[str]) -> list[Document]:
     docs: list[Document] = []
     for p in map(Path, paths):
         if not p.exists():
-            raise UserError(f"--data {p}: no such file or folder")
+            raise UserError(f"{p}: no such file or folder")
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
             named = [(f, f"{p.name}/{f.relative_to(p).as_posix()}") for f in files]
@@ -90,7 +90,7 @@ def read_documents(paths: list[str]) -> list[Document]:
         for f, name in named:
             docs.extend(d for d in _read_file(f, name) if d[1].strip())
     if not docs:
-        raise UserError(f"--data {' '.join(paths)}: no text found (empty files, or no 'text' field); "
+        raise UserError(f"{' '.join(str(p) for p in paths)}: no text found (empty files, or no 'text' field); "
                         "give files with text in them")
     return docs
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llmlab.common import log
 from llmlab.common.config import arg
+from llmlab.common.constants import TOKENIZER_FILE
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_text_atomic
 from llmlab.tokenizer import Tokenizer
@@ -21,7 +22,7 @@ from llmlab.tokenizer.patterns import PATTERNS
 class TrainArgs:
     input: list[str] = arg(MISSING, "text files or folders to train on", short="-i")
     vocab_size: int = arg(MISSING, "vocabulary size, special tokens included")
-    output: str = arg("tokenizer.llmlab.json", "where to write the tokenizer", short="-o")
+    output: str = arg(TOKENIZER_FILE, "where to write the tokenizer", short="-o")
     pattern: str = arg("gpt4", f"split pattern: {', '.join(PATTERNS)} or a regex")
     special_tokens: list[str] = arg(["<|endoftext|>"], "special tokens, given the last ids")
     trainer: str = arg("fast", "BPE trainer", choices=["fast", "reference"])

@@ -11,9 +11,8 @@ import json
 from datetime import datetime
 from functools import lru_cache
 
+from llmlab.common.constants import CHAT_ROLES
 from llmlab.common.errors import UserError
-
-ROLES = ("system", "user", "assistant", "tool")
 
 # ChatML (as in SmolLM2 and Qwen), the default for tokenizers llmlab trains.
 CHATML = (
@@ -51,8 +50,8 @@ def check_messages(messages: list[dict]) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise UserError(f"messages[{i}]: expected a dict with 'role' and 'content', got {m!r}")
-        if m["role"] not in ROLES:
-            raise UserError(f"messages[{i}]: unknown role {m['role']!r}; use one of {', '.join(ROLES)}")
+        if m["role"] not in CHAT_ROLES:
+            raise UserError(f"messages[{i}]: unknown role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
 
 
 def render(template: str, messages: list[dict], add_generation_prompt: bool = False, **variables) -> str:
