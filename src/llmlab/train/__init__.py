@@ -1,1 +1,4 @@
-"""Training: objectives, optimizer and schedule, checkpoints with exact resume, the loop."""
+"""Training: objectives (losses), AdamW and its schedule, the loop, and pretraining on shards.
+
+Checkpoint folders are `llmlab.common.checkpoint`'s; held-out evaluation is `llmlab.eval`'s.
+"""
