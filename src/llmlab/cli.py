@@ -39,6 +39,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                               "run several fine-tuning methods on one task and write a comparison table"),
     ("merge",): ("llmlab.recipes.finetune", "MergeArgs", "merge",
                  "fold a LoRA adapter folder into its base model and write a full checkpoint"),
+    ("eval",): ("llmlab.recipes.evaluate", "EvalArgs", "run",
+                "score models on tasks: perplexity, multiple choice, math, code, BLEU/ROUGE, judges"),
+    ("eval", "lite"): ("llmlab.recipes.evaluate", "LiteArgs", "lite",
+                       "how well small subsets of a benchmark rank models like the whole benchmark does"),
+    ("eval", "arena"): ("llmlab.recipes.arena", "ArenaArgs", "run",
+                        "vote between two anonymised answers in the browser; Elo and Bradley-Terry leaderboard"),
     ("finetune", "classify"): ("llmlab.recipes.classify", "ClassifyArgs", "run",
                                "train a classification head on the last token; accuracy and confusion matrix"),
 }

@@ -4,6 +4,8 @@ Each conversation's last assistant turn is the reference; the turns before it
 are rendered with the model's chat template as the prompt. Answers are
 compared loosely on form only (`normalize_answer`): first line, no surrounding
 spaces or quotes, no final period. This is how fine-tuning shows what it bought.
+SQuAD's normalised exact match and token F1, and math answers compared as
+numbers, are in `llmlab.eval.answers`.
 """
 
 import torch
