@@ -17,8 +17,14 @@ import random
 import tempfile
 
 import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
 
+import llmlab
 from llmlab.common.measure import best_seconds
+from llmlab.eval.multiple_choice import TARGET_DELIMITER, argmax, score_multiple_choice
+from llmlab.infer.pretrained import Pretrained
+from llmlab.models import Transformer, get_preset
 
 WORDS = ("red green blue small large old new quick slow bright dark apple river mountain city forest window "
          "teacher doctor engine garden market ocean planet silver golden winter summer morning evening").split()
@@ -38,12 +44,6 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
 
 def load_models(kind: str, directory: str, device: str, batch_size: int):
     """(llmlab Pretrained, lm-eval HFLM) holding the same weights."""
-    import llmlab
-    from lm_eval.models.huggingface import HFLM
-
-    from llmlab.infer.pretrained import Pretrained
-    from llmlab.models import Transformer, get_preset
-
     lm = llmlab.load("smollm2-135m-instruct", device=device)
     if kind == "random":
         torch.manual_seed(0)
@@ -64,11 +64,6 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    from lm_eval.api.instance import Instance
-
-    from llmlab.eval.multiple_choice import TARGET_DELIMITER, argmax, score_multiple_choice
-
     rows = make_rows(args.rows)
     template = "Question: {question}\nAnswer:"
     requests = [Instance("loglikelihood", {}, (template.format(**r), TARGET_DELIMITER + c), i)

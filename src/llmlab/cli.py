@@ -110,5 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def lm_eval_main() -> None:
+    """`llmlab-lm-eval`: lm-evaluation-harness's own command line, with `--model llmlab` opening anything
+    `llmlab.load` opens. (lm-eval finds models only in its registry, so the registration must run first.)"""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        print("llmlab-lm-eval: error: needs lm-evaluation-harness; pip install lm-eval", file=sys.stderr)
+        sys.exit(2)
+    from llmlab.eval.lm_eval_bridge import cli
+    from llmlab.loading import load
+
+    cli(load)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,14 +5,17 @@ an llmlab command wrote:
 
     run folder            holds checkpoint/ (pretraining, speedrun, fine-tuning runs): open that
     full checkpoint       llmlab.json + model.safetensors (pretraining, full fine-tuning, merge)
+    quantised checkpoint  a full checkpoint whose llmlab.json has a "quantization" record (llmlab quantize,
+                          GPTQ, AWQ): build the Transformer from the config, swap in empty quantised
+                          layers (`llmlab.quantize.model.prepare_quantized`), then load the tensors strictly
     trainable checkpoint  llmlab.json + trainable.safetensors naming a base and a method (LoRA, QLoRA,
                           adapters, prompt tuning, classification): load the base, apply the method
                           again (`llmlab.finetune.methods`), then the saved weights
     PEFT LoRA folder      adapter_config.json + adapter_model.safetensors, from peft or llmlab
 
 It sits above every stage that writes models so data still flows one way:
-plain models come from `llmlab.models.pretrained`, methods from `llmlab.finetune`,
-and the result is an `llmlab.infer.pretrained.Pretrained`.
+plain models come from `llmlab.models.pretrained`, quantised layers from `llmlab.quantize`,
+methods from `llmlab.finetune`, and the result is an `llmlab.infer.pretrained.Pretrained`.
 """
 
 import os
@@ -21,11 +24,15 @@ from pathlib import Path
 import torch
 
 from llmlab.common import checkpoint
+from llmlab.common.constants import TOKENIZER_FILE
 from llmlab.common.errors import UserError
 from llmlab.finetune.methods import apply_method
 from llmlab.finetune.peft_format import CONFIG_NAME, load_peft_adapter, read_adapter_config
 from llmlab.infer.pretrained import Pretrained
+from llmlab.models.config import ModelConfig
+from llmlab.models.gpt import Transformer
 from llmlab.models.pretrained import load_model
+from llmlab.quantize.model import prepare_quantized
 
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -34,8 +41,11 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
     path = Path(str(source)).expanduser()
     if path.is_dir() and not checkpoint.is_checkpoint(path) and checkpoint.is_checkpoint(path / "checkpoint"):
         path = source = path / "checkpoint"  # a run folder: what training wrote last
-    if path.is_dir() and checkpoint.is_checkpoint(path) and checkpoint.read_meta(path)["weights"] == "trainable":
+    meta = checkpoint.read_meta(path) if path.is_dir() and checkpoint.is_checkpoint(path) else {}
+    if meta.get("weights") == "trainable":
         loaded = load_trainable_dir(path, with_tokenizer)
+    elif "quantization" in meta:
+        loaded = load_quantized_dir(path, with_tokenizer)
     elif path.is_dir() and (path / CONFIG_NAME).is_file():
         loaded = load_peft_dir(path, with_tokenizer)
     else:
@@ -66,6 +76,19 @@ def load_trainable_dir(path: Path, with_tokenizer: bool = True) -> Pretrained:
     checkpoint.load_trainable(model, path)
     classes = meta["method"].get("classes") if meta["method"].get("name") == "classify" else None
     return Pretrained(model, tokenizer, str(path), classes=classes)
+
+
+def load_quantized_dir(path: Path, with_tokenizer: bool = True) -> Pretrained:
+    """A quantised checkpoint: Transformer(config) -> empty quantised layers -> the saved tensors, strictly."""
+    from llmlab.tokenizer import Tokenizer
+
+    path = checkpoint.resolve(path)
+    meta = checkpoint.read_meta(path)
+    model = Transformer(ModelConfig.from_dict(meta["model"], source=str(path / checkpoint.META_FILE)))
+    prepare_quantized(model, meta["quantization"])
+    checkpoint.load_weights(model, path)  # every tensor, shapes checked; only a tied head may be absent
+    tokenizer = Tokenizer.load(path / TOKENIZER_FILE) if with_tokenizer and (path / TOKENIZER_FILE).is_file() else None
+    return Pretrained(model.eval(), tokenizer, str(path))
 
 
 def load_peft_dir(path: Path, with_tokenizer: bool = True) -> Pretrained:

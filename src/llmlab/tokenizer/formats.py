@@ -144,6 +144,7 @@ def save_hf(tok: Tokenizer, directory: str | Path) -> None:
     directory = Path(directory)
     special_ids = set(tok.special_tokens.values())
     vocab = {bytes_to_token(t): i for i, t in enumerate(tok.tokens) if i not in special_ids}
+    vocab.update(tok.special_tokens)  # HF lists special tokens in the model's vocab too, else it renumbers them
     merges = [[bytes_to_token(tok.tokens[a]), bytes_to_token(tok.tokens[b])] for a, b, _ in tok.merges]
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for s, i in tok.special_tokens.items()]
