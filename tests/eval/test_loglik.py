@@ -23,8 +23,9 @@ from llmlab.eval.loglik import (
     score_pairs,
     score_rows,
 )
-from llmlab.eval.multiple_choice import mean_stderr, score_multiple_choice, softmax
+from llmlab.eval.multiple_choice import score_multiple_choice, softmax
 from llmlab.eval.perplexity import count_words, perplexity
+from llmlab.eval.stats import mean_stderr
 from llmlab.infer.pretrained import Pretrained
 from llmlab.models import Transformer, get_preset
 from llmlab.tokenizer import Tokenizer
@@ -257,8 +258,8 @@ def test_metric_helpers_against_lm_eval():
     from lm_eval.api.metrics import mean_stderr as lm_eval_stderr
 
     values = [0.0, 1.0, 1.0, 0.0, 1.0]
-    assert mean_stderr(values) == pytest.approx(lm_eval_stderr(values))
-    assert math.isnan(mean_stderr([1.0]))
+    assert mean_stderr(values)[1] == pytest.approx(lm_eval_stderr(values))
+    assert math.isnan(mean_stderr([1.0])[1])
     assert softmax([0.0, math.log(3)]) == pytest.approx([0.25, 0.75])
     assert [count_words(s) for s in ["a  b\nc", " a", "", "a b "]] == [3, 2, 1, 3]
 

@@ -10,7 +10,7 @@ numbers, are in `llmlab.eval.answers`.
 
 import torch
 
-from llmlab.common.constants import END_OF_TURN_TOKENS
+from llmlab.infer.api import end_of_turn_ids
 from llmlab.infer.generate import generate_batch
 
 
@@ -27,16 +27,10 @@ def exact_match(prediction: str, answer: str) -> bool:
     return normalize_answer(prediction) == normalize_answer(answer)
 
 
-def stop_ids(tokenizer) -> set[int]:
-    """End-of-text and end-of-turn ids of this tokenizer: where an answer ends."""
-    specials = tokenizer.special_tokens
-    return ({tokenizer.eos_id} | {specials[s] for s in END_OF_TURN_TOKENS if s in specials}) - {None}
-
-
 def generate_answers(model: torch.nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
                      batch_size: int = 16) -> list[str]:
     """Greedy answers to each conversation's last assistant turn (the turns before it are the prompt)."""
-    stops = stop_ids(tokenizer)
+    stops = end_of_turn_ids(tokenizer)
     prompts = []
     for messages in conversations:
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

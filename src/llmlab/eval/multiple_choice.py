@@ -17,11 +17,11 @@ Not here: reading task files (`tasks.py`), generation-based answers (`exact_matc
 """
 
 import math
-import re
-import string
 
 from llmlab.common.errors import UserError
 from llmlab.eval.loglik import loglikelihood
+from llmlab.eval.stats import mean_stderr
+from llmlab.eval.tasks import template_fields
 
 TARGET_DELIMITER = " "
 
@@ -39,27 +39,6 @@ def softmax(values: list[float]) -> list[float]:
     top = max(values)
     exps = [math.exp(v - top) for v in values]
     return [e / sum(exps) for e in exps]
-
-
-def mean_stderr(values: list[float]) -> float:
-    """Standard error of the mean with the sample standard deviation (lm-eval's `mean_stderr`); nan below 2.
-
-    [0, 1, 1, 0] -> sqrt(1/3) / 2 = 0.2887.
-    """
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mu = sum(values) / n
-    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
-
-
-def template_fields(template: str) -> list[str]:
-    """The row fields a `str.format` template uses. "Q: {question}\\nA: {meta[id]}" -> ["question", "meta"]."""
-    try:
-        return [re.split(r"[.\[]", field)[0] for _, field, _, _ in string.Formatter().parse(template) if field]
-    except ValueError as e:
-        raise UserError(f"template {template!r}: not a valid format string ({e}); double braces to mean {{ }}") \
-            from None
 
 
 def where(row, i: int) -> str:
@@ -120,5 +99,5 @@ def score_multiple_choice(lm, rows: list[dict], template: str = "Question: {ques
                         "loglikelihoods": lls, "probs": softmax(lls)})
     acc = [r["correct"] for r in records]
     acc_norm = [r["correct_norm"] for r in records]
-    return {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm), "acc_stderr": mean_stderr(acc),
-            "acc_norm_stderr": mean_stderr(acc_norm), "n": len(records), "records": records}
+    return {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm), "acc_stderr": mean_stderr(acc)[1],
+            "acc_norm_stderr": mean_stderr(acc_norm)[1], "n": len(records), "records": records}

@@ -21,6 +21,7 @@ by file and line. This file reads and checks tasks; scoring them is `runner.py`'
 
 import dataclasses
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,12 @@ class TaskSpec:
 
 
 def template_fields(template: str) -> list[str]:
-    """The field names a str.format template uses: "Q: {question} ({year})" -> ["question", "year"]."""
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    """The row fields a `str.format` template uses. "Q: {question}\nA: {meta[id]}" -> ["question", "meta"]."""
+    try:
+        return [re.split(r"[.\[]", name)[0] for _, name, _, _ in string.Formatter().parse(template) if name]
+    except ValueError as e:
+        raise UserError(f"template {template!r}: not a valid format string ({e}); double braces to mean {{ }}") \
+            from None
 
 
 def render(template: str, row: dict[str, Any]) -> str:

@@ -24,8 +24,8 @@ from llmlab.eval.arena.board import markdown, write_leaderboard
 from llmlab.eval.arena.pool import AnswerPool, read_prompts, read_results
 from llmlab.eval.arena.server import serve
 from llmlab.eval.arena.store import VoteStore, matches
-from llmlab.eval.exact_match import stop_ids
 from llmlab.eval.ratings import leaderboard
+from llmlab.infer.api import end_of_turn_ids
 from llmlab.recipes.shared import RuntimeArgs
 
 
@@ -84,7 +84,7 @@ def generate_answers(args: ArenaArgs, prompts: list[str]) -> list[dict]:
         tok = loaded.tokenizer
         if tok is None:
             raise UserError(f"{source}: has no tokenizer, so it cannot answer text prompts")
-        stops = stop_ids(tok)
+        stops = end_of_turn_ids(tok)
         for prompt in tqdm(prompts, desc=name, disable=not args.progress):
             use_chat = args.chat and getattr(tok, "chat_template", None)
             ids = loaded.chat_ids([{"role": "user", "content": prompt}]) if use_chat else loaded.encode(prompt)
