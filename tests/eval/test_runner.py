@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import llmlab
 from llmlab.cli import main
 from llmlab.common import log
 from llmlab.common.errors import UserError
@@ -124,3 +125,43 @@ def test_bad_task_files(tmp_path):
     lm = Pretrained(Transformer(get_preset("llama-tiny", n_layer=1, n_embd=32, vocab_size=tok.vocab_size)), tok, "t")
     with pytest.raises(UserError, match=r"qa.jsonl:1: row lacks year"):
         evaluate(lm, resolve_task(str(tmp_path / "t.yaml")), progress=False)
+
+
+PUBLIC_ROWS = {
+    "gsm8k": [{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"}],
+    "humaneval": [{"task_id": "t/0", "prompt": "def add(a, b):\n", "canonical_solution": "    return a + b\n",
+                   "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n", "entry_point": "add"}],
+    "mbpp": [{"task_id": 1, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a+b",
+              "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}],
+    "hellaswag": [{"activity_label": "Cooking", "ctx": "He cracks the egg and", "endings": ["fries it.", "sings.",
+                                                                                            "flies.", "reads."],
+                   "label": "0"}],
+    "arc": [{"question": "Which is a planet?", "choices": {"text": ["Mars", "Moon", "Sun"], "label": ["A", "B", "C"]},
+             "answerKey": "A"}],
+    "mmlu": [{"question": "2 + 2 =", "choices": ["3", "4", "5", "22"], "answer": 1}],
+}
+
+
+@pytest.mark.parametrize("fmt", list(PUBLIC_ROWS))
+def test_public_formats_from_local_files(models, tmp_path, fmt):
+    from llmlab.eval.code import check, humaneval_program
+    from llmlab.eval.runner import load_rows
+
+    path = tmp_path / f"{fmt}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PUBLIC_ROWS[fmt]))
+    spec = resolve_task(f"{fmt}={path}")
+    rows = load_rows(spec)
+    assert spec.name == fmt and rows[0]["_source"] == f"{path}:1"
+    if spec.kind == "code":  # the known-good solution passes the converted test
+        solution = "    return a + b\n" if fmt == "humaneval" else "def add(a, b):\n    return a + b\n"
+        program, test = humaneval_program(rows[0], solution if fmt == "humaneval" else "")
+        assert check(program + ("" if fmt == "humaneval" else solution), test)["passed"]
+    elif spec.kind == "multiple_choice":
+        assert rows[0]["choices"][rows[0]["answer"]] in ("fries it.", "Mars", "4")
+        metrics, samples = evaluate(llmlab.load(models[0]), spec, progress=False)
+        assert metrics["n"] == 1 and len(samples[0]["loglikelihoods"]) == len(rows[0]["choices"])
+    else:
+        assert rows[0]["answer"].endswith("#### 7")
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(UserError, match=f"bad.jsonl:1: not a {fmt} row"):
+        load_rows(resolve_task(f"{fmt}={tmp_path / 'bad.jsonl'}"))

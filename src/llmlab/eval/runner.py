@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from llmlab.common.errors import UserError
 from llmlab.eval import answers, code, metrics
 from llmlab.eval.builtin import builtin_rows
+from llmlab.eval.formats import convert_rows, hub_rows
 from llmlab.eval.judge import agreement, grade_answers, summarize_grades
 from llmlab.eval.multiple_choice import score_multiple_choice
 from llmlab.eval.perplexity import perplexity
@@ -41,6 +42,8 @@ def load_rows(spec: TaskSpec, limit: int | None = None, seed: int = 0) -> list[d
     """The task's rows (a built-in set or a data file), the first `limit` after a seeded shuffle when limited."""
     if spec.data.startswith("builtin:"):
         rows = builtin_rows(spec.data.removeprefix("builtin:"))
+    elif spec.data == "hub:":
+        rows = hub_rows(spec.format)
     elif spec.kind == "perplexity" and spec.data.endswith(".txt"):
         try:
             rows = [{"text": open(spec.data, encoding="utf-8").read(), "_source": spec.data}]
@@ -48,6 +51,8 @@ def load_rows(spec: TaskSpec, limit: int | None = None, seed: int = 0) -> list[d
             raise UserError(f"{spec.data}: cannot read the text ({e.strerror})") from None
     else:
         rows = read_rows(spec.data)
+    if spec.format:
+        rows = convert_rows(spec.format, rows)
     if limit is not None and limit < len(rows):
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)

@@ -3,6 +3,8 @@
 A task is a `TaskSpec`. `resolve_task(name_or_path)` makes one from:
 
     a built-in name        math, python, stdlib-mc, summarize, tasks-qa (generated offline, no download)
+    FORMAT=FILE, FORMAT    a public benchmark in its own format (gsm8k, humaneval, mbpp, hellaswag, arc, mmlu),
+                           from a local file, or from the hub when online (see formats.py)
     FILE.jsonl             multiple choice: {"question", "choices", "answer": index} rows, lm-eval's default prompt
     FILE.txt               perplexity of the text (rolling windows)
     FILE.yaml / .json      a task file naming a data file, a kind, a template and metrics, e.g.
@@ -44,7 +46,8 @@ MC_TEMPLATE = "Question: {question}\nAnswer:"  # lm-eval's own multiple-choice p
 class TaskSpec:
     name: str
     kind: str
-    data: str = ""  # a data file, or "builtin:NAME"
+    data: str = ""  # a data file, "builtin:NAME", or "hub:" (a public format's usual split, downloaded)
+    format: str = ""  # a public benchmark's row format (formats.py), converted before scoring
     template: str = "{question}"
     metrics: list[str] = field(default_factory=list)
     answer_field: str = "answer"
@@ -172,10 +175,16 @@ def read_task_file(path: Path) -> TaskSpec:
 
 def resolve_task(name: str) -> TaskSpec:
     """A built-in task name, a .jsonl (multiple choice), a .txt (perplexity), or a .yaml/.json task file."""
-    from llmlab.eval.builtin import BUILTIN_TASKS  # here, not at the top: builtin.py builds on this file
+    from llmlab.eval.builtin import BUILTIN_TASKS  # here, not at the top: these build on this file
+    from llmlab.eval.formats import FORMATS
 
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name]()
+    fmt, _, data = name.partition("=")
+    if fmt in FORMATS:
+        if data and not Path(data).is_file():
+            raise UserError(f"{data}: no such file (given as {fmt}'s data)")
+        return FORMATS[fmt].spec(fmt, data or "hub:")
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or (path.suffix == ".json" and path.is_file() and _is_task_file(path)):
         if not path.is_file():
@@ -186,8 +195,8 @@ def resolve_task(name: str) -> TaskSpec:
                         source=str(path))
     if path.suffix == ".txt":
         return TaskSpec(name=path.stem, kind="perplexity", data=str(path), source=str(path))
-    raise UserError(f"{name}: not a built-in task ({', '.join(BUILTIN_TASKS)}) nor a .jsonl, .txt, .yaml or "
-                    ".json task file")
+    raise UserError(f"{name}: not a built-in task ({', '.join(BUILTIN_TASKS)}), a public format "
+                    f"({', '.join(FORMATS)}, as NAME or NAME=FILE), nor a .jsonl, .txt, .yaml or .json task file")
 
 
 def _is_task_file(path: Path) -> bool:
