@@ -45,6 +45,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                        "how well small subsets of a benchmark rank models like the whole benchmark does"),
     ("eval", "arena"): ("llmlab.recipes.arena", "ArenaArgs", "run",
                         "vote between two anonymised answers in the browser; Elo and Bradley-Terry leaderboard"),
+    ("quantize",): ("llmlab.recipes.quantize", "QuantizeArgs", "run",
+                    "quantise a model's weights: int8, int4, nf4, gptq, awq, w8a8"),
+    ("prune",): ("llmlab.recipes.quantize", "PruneArgs", "prune", "prune a model: magnitude, 2:4 or wanda"),
+    ("export", "gguf"): ("llmlab.recipes.quantize", "ExportArgs", "export",
+                         "write a GGUF file that llama.cpp runs (f16, q8_0, q4_0)"),
     ("finetune", "classify"): ("llmlab.recipes.classify", "ClassifyArgs", "run",
                                "train a classification head on the last token; accuracy and confusion matrix"),
 }

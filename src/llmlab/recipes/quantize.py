@@ -1,0 +1,156 @@
+"""`llmlab quantize`, `llmlab prune` and `llmlab export gguf`: smaller models that `llmlab.load` reopens.
+
+    llmlab quantize --model smollm2-135m-instruct --method int8 --out runs/int8
+    llmlab quantize --model smollm2-135m-instruct --method gptq --group-size 128 --n-calib 128 --out runs/gptq
+    llmlab prune --model smollm2-135m-instruct --method wanda --sparsity 0.5 --out runs/wanda50
+    llmlab export gguf --model runs/speedrun --type q8_0 --out runs/speedrun.gguf
+
+Quantised and pruned outputs are llmlab checkpoints (safetensors + llmlab.json; a quantised one names its
+method, bits and group size in a "quantization" record); `llmlab.load(out)` rebuilds the fast layers. The
+methods themselves are `llmlab.quantize`'s (rtn, gptq, awq, w8a8, prune, gguf_export).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmlab.common import checkpoint, log
+from llmlab.common.config import arg
+from llmlab.common.device import resolve_device, seed_everything
+from llmlab.common.errors import UserError
+from llmlab.common.io import write_json_atomic
+from llmlab.loading import load
+from llmlab.quantize.awq import awq_quantize_model
+from llmlab.quantize.calibration import calibration_batches, collect_model_stats
+from llmlab.quantize.gguf_export import export_gguf
+from llmlab.quantize.gptq import gptq_quantize_model
+from llmlab.quantize.model import model_size_bytes, quantize_model
+from llmlab.quantize.prune import prune_magnitude, prune_n_m, prune_wanda, semi_structured_support, sparsity_report
+
+QUANT_METHODS = ("int8", "int4", "nf4", "gptq", "awq", "w8a8")
+CALIBRATED = ("gptq", "awq", "w8a8")
+PRUNE_METHODS = ("magnitude", "2:4", "wanda")
+
+
+@dataclass
+class CalibrationArgs:
+    """Text the calibrated methods (GPTQ, AWQ, SmoothQuant, Wanda) run the model on."""
+
+    calib: list[str] = arg([], "text files/folders/.jsonl/.parquet for calibration (default: Python's stdlib)")
+    n_calib: int = arg(128, "calibration sequences")
+    calib_seq_len: int = arg(512, "tokens per calibration sequence")
+    seed: int = arg(0, "seed for choosing calibration windows")
+    device: str = arg("cpu", "cpu, cuda or auto")
+    progress: bool = arg(True, "show progress bars")
+
+
+def calibration(lm, args: CalibrationArgs) -> list:
+    return calibration_batches(lm.tokenizer, args.calib or None, n=args.n_calib, seq_len=args.calib_seq_len,
+                               seed=args.seed)
+
+
+def save_compressed(lm, out: str, meta: dict, summary: dict) -> None:
+    checkpoint.save_checkpoint(out, lm.model, meta, tokenizer=lm.tokenizer)
+    size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
+    write_json_atomic(Path(out) / "summary.json", {**summary, "disk_bytes": size,
+                                                   "memory_bytes": model_size_bytes(lm.model)})
+    log.info(f"wrote {out}: {size / 2**20:.1f} MB on disk, {model_size_bytes(lm.model) / 2**20:.1f} MB in memory")
+
+
+@dataclass
+class QuantizeArgs(CalibrationArgs):
+    model: str = arg("smollm2-135m-instruct", "model to quantise: anything llmlab.load opens")
+    method: str = arg("int8", "int8/int4 round to nearest, nf4, gptq/awq (calibrated int4 by default), "
+                              "w8a8 (int8 weights and activations, SmoothQuant)", choices=QUANT_METHODS)
+    bits: int | None = arg(None, "weight bits for gptq/awq (4 or 8; default 4)")
+    group_size: int | None = arg(None, "columns sharing a scale (32-256; 0: per output channel); default: per "
+                                       "channel for int8 and w8a8, 128 for int4, gptq and awq")
+    symmetric: bool = arg(True, "symmetric absmax (no zero point); --no-symmetric for asymmetric zero-point")
+    act_order: bool = arg(False, "gptq: quantise columns in order of decreasing activation energy")
+    out: str = arg("runs/quantized", "output folder (reopens with llmlab.load)")
+
+
+def run(args: QuantizeArgs) -> dict:
+    """Quantise per `args`; returns the quantization record written to <out>/llmlab.json."""
+    if args.method not in QUANT_METHODS:
+        raise UserError(f"--method {args.method}: unknown; choose one of {', '.join(QUANT_METHODS)}")
+    if args.bits is not None and (args.method not in ("gptq", "awq") or args.bits not in (4, 8)):
+        raise UserError(f"--bits {args.bits} with --method {args.method}: only gptq and awq take --bits, 4 or 8")
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise UserError(f"--out {args.out}: folder is not empty; choose a new --out")
+    seed_everything(args.seed)
+    lm = load(args.model, device=resolve_device(args.device))
+    default_group = None if args.method in ("int8", "w8a8") or args.bits == 8 else 128
+    group = default_group if args.group_size is None else (args.group_size or None)
+    if args.method in ("int8", "int4", "nf4"):
+        record = quantize_model(lm.model, args.method, group_size=group, symmetric=args.symmetric,
+                                progress=args.progress)
+    else:
+        batches = calibration(lm, args)
+        if args.method == "gptq":
+            record = gptq_quantize_model(lm.model, batches, bits=args.bits or 4, group_size=group,
+                                         symmetric=args.symmetric, act_order=args.act_order, progress=args.progress)
+        elif args.method == "awq":
+            record = awq_quantize_model(lm.model, batches, bits=args.bits or 4, group_size=group,
+                                        symmetric=args.symmetric, progress=args.progress)
+        else:
+            stats = collect_model_stats(lm.model, batches, progress=args.progress)
+            record = quantize_model(lm.model, "w8a8", act_stats={n: s.absmax for n, s in stats.items()},
+                                    progress=args.progress)
+    save_compressed(lm, args.out, {"quantization": record, "source": checkpoint.base_reference(args.model)},
+                    {"method": args.method, "model": args.model})
+    return record
+
+
+@dataclass
+class PruneArgs(CalibrationArgs):
+    model: str = arg("smollm2-135m-instruct", "model to prune: anything llmlab.load opens")
+    method: str = arg("wanda", "magnitude (smallest |W|), 2:4 (two of every four; by Wanda score with "
+                               "calibration), wanda (|W| x input norm)", choices=PRUNE_METHODS)
+    sparsity: float = arg(0.5, "share of each layer's weights set to zero (2:4 is always 0.5)")
+    scope: str = arg("layer", "magnitude: one threshold per layer, or one global threshold",
+                     choices=["layer", "global"])
+    out: str = arg("runs/pruned", "output folder (reopens with llmlab.load)")
+
+
+def prune(args: PruneArgs) -> dict:
+    """Prune per `args`; returns the sparsity report written to <out>/summary.json."""
+    if args.method not in PRUNE_METHODS:
+        raise UserError(f"--method {args.method}: unknown; choose one of {', '.join(PRUNE_METHODS)}")
+    if not 0 < args.sparsity < 1:
+        raise UserError(f"--sparsity {args.sparsity}: must be between 0 and 1")
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise UserError(f"--out {args.out}: folder is not empty; choose a new --out")
+    seed_everything(args.seed)
+    lm = load(args.model, device=resolve_device(args.device))
+    if args.method == "magnitude":
+        prune_magnitude(lm.model, args.sparsity, scope=args.scope)
+    elif args.method == "2:4":
+        prune_n_m(lm.model, 2, 4, batches=calibration(lm, args), progress=args.progress)
+    else:
+        prune_wanda(lm.model, calibration(lm, args), sparsity=args.sparsity, progress=args.progress)
+    report = sparsity_report(lm.model, skip=("lm_head",))
+    kernel_ok, kernel_note = semi_structured_support(args.device if args.device != "auto" else None)
+    summary = {"method": args.method, "model": args.model, "sparsity": report["sparsity"], "2:4": report["2:4"],
+               "sparse_kernel": kernel_ok, "sparse_kernel_note": kernel_note}
+    save_compressed(lm, args.out, {"pruning": summary, "source": checkpoint.base_reference(args.model)}, summary)
+    log.info(f"pruned {report['sparsity']:.1%} of the block weights; {kernel_note}")
+    return summary
+
+
+@dataclass
+class ExportArgs:
+    model: str = arg("smollm2-135m-instruct", "model to export: anything llmlab.load opens (a run folder, a "
+                                              "quantised folder, a GGUF, an alias)")
+    type: str = arg("q8_0", "GGUF tensor type for the weight matrices", choices=["f32", "f16", "q8_0", "q4_0"])
+    out: str = arg("runs/model.gguf", "the .gguf file to write")
+    progress: bool = arg(True, "show a progress bar")
+
+
+def export(args: ExportArgs) -> str:
+    """Write a GGUF file llama.cpp loads; `llmlab.load(out)` reopens it."""
+    lm = load(args.model)
+    if lm.tokenizer is None:
+        raise UserError(f"{args.model}: has no tokenizer, and a GGUF file carries one")
+    path = export_gguf(lm.model, lm.tokenizer, args.out, qtype=args.type, progress=args.progress)
+    log.info(f"wrote {path} ({Path(path).stat().st_size / 2**20:.1f} MB, {args.type})")
+    return str(path)
