@@ -47,6 +47,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                         "vote between two anonymised answers in the browser; Elo and Bradley-Terry leaderboard"),
     ("quantize",): ("llmlab.recipes.quantize", "QuantizeArgs", "run",
                     "quantise a model's weights: int8, int4, nf4, gptq, awq, w8a8"),
+    ("quantize", "compare"): ("llmlab.recipes.quantize", "CompareArgs", "compare",
+                              "every compression method on one model: size, perplexity, accuracy, speed"),
     ("prune",): ("llmlab.recipes.quantize", "PruneArgs", "prune", "prune a model: magnitude, 2:4 or wanda"),
     ("export", "gguf"): ("llmlab.recipes.quantize", "ExportArgs", "export",
                          "write a GGUF file that llama.cpp runs (f16, q8_0, q4_0)"),

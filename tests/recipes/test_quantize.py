@@ -88,3 +88,15 @@ def test_prune_and_export(base, tmp_path, capsys):
     assert main(["quantize", "--model", str(base / "tiny"), "--method", "gptq", "--calib", str(tmp_path / "nope.txt"),
                  "--out", str(tmp_path / "bad3")]) == 2
     assert "nope.txt" in capsys.readouterr().err
+
+
+def test_compare_tabulates_every_row(base, tmp_path):
+    from llmlab.recipes.quantize import CompareArgs, compare
+
+    rows = compare(CompareArgs(model=str(base / "tiny"), configs=["float32", "int8", "wanda-50%"], heldout_kb=2,
+                               mc_rows=4, decode_tokens=4, calib=[str(base / "calib.txt")], n_calib=8,
+                               calib_seq_len=32, out=str(tmp_path), progress=False))
+    assert [r["config"] for r in rows] == ["float32", "int8", "wanda-50%"]
+    assert rows[0]["ppl_change_pct"] == 0 and rows[1]["memory_mb"] < rows[0]["memory_mb"]
+    assert abs(rows[1]["ppl_change_pct"]) < 5  # per-channel int8 barely moves a model's perplexity
+    assert "| int8 |" in (tmp_path / "compare.md").read_text() and (tmp_path / "compare.png").is_file()

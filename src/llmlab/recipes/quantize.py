@@ -13,11 +13,19 @@ methods themselves are `llmlab.quantize`'s (rtn, gptq, awq, w8a8, prune, gguf_ex
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from llmlab.common import checkpoint, log
 from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
-from llmlab.common.io import write_json_atomic
+from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
+from llmlab.common.measure import best_seconds
+from llmlab.data.sources import default_corpus, split_documents
+from llmlab.eval.perplexity import perplexity
+from llmlab.eval.runner import evaluate
+from llmlab.eval.tasks import resolve_task
+from llmlab.infer.generate import generate, generate_batch
 from llmlab.loading import load
 from llmlab.quantize.awq import awq_quantize_model
 from llmlab.quantize.calibration import calibration_batches, collect_model_stats
@@ -154,3 +162,123 @@ def export(args: ExportArgs) -> str:
     path = export_gguf(lm.model, lm.tokenizer, args.out, qtype=args.type, progress=args.progress)
     log.info(f"wrote {path} ({Path(path).stat().st_size / 2**20:.1f} MB, {args.type})")
     return str(path)
+
+
+# (name, what to do to a freshly loaded model): the trade-off table's rows
+COMPARE_CONFIGS = {
+    "float32": {}, "bfloat16": {"dtype": "bfloat16"},
+    "int8": {"quantize": "int8"}, "int4-g128": {"quantize": "int4", "group_size": 128},
+    "nf4": {"quantize": "nf4"}, "gptq-int4-g128": {"gptq": 4}, "awq-int4-g128": {"awq": 4},
+    "w8a8": {"w8a8": True}, "2:4": {"prune": "2:4"}, "wanda-50%": {"prune": "wanda"},
+}
+
+
+@dataclass
+class CompareArgs(CalibrationArgs):
+    model: str = arg("smollm2-135m-instruct", "model to compress every way")
+    configs: list[str] = arg(list(COMPARE_CONFIGS), "rows of the table", choices=list(COMPARE_CONFIGS))
+    heldout_kb: float = arg(32.0, "KB of held-out text (the default corpus' validation split) for perplexity")
+    mc_rows: int = arg(100, "rows of the built-in multiple-choice task (stdlib-mc) for accuracy")
+    decode_tokens: int = arg(32, "tokens generated per decode timing")
+    out: str = arg("runs/quantize-compare", "folder for compare.md, compare.json and the plots")
+
+
+def _compress(lm, name: str, cfg: dict, args: CompareArgs) -> None:
+    if cfg.get("dtype"):
+        lm.model.to(getattr(torch, cfg["dtype"]))
+    elif cfg.get("quantize"):
+        quantize_model(lm.model, cfg["quantize"], group_size=cfg.get("group_size"), progress=args.progress)
+    elif cfg.get("gptq"):
+        gptq_quantize_model(lm.model, calibration(lm, args), bits=cfg["gptq"], group_size=128, progress=args.progress)
+    elif cfg.get("awq"):
+        awq_quantize_model(lm.model, calibration(lm, args), bits=cfg["awq"], group_size=128, progress=args.progress)
+    elif cfg.get("w8a8"):
+        stats = collect_model_stats(lm.model, calibration(lm, args), progress=args.progress)
+        quantize_model(lm.model, "w8a8", act_stats={n: s.absmax for n, s in stats.items()}, progress=args.progress)
+    elif cfg.get("prune") == "2:4":
+        prune_n_m(lm.model, 2, 4, batches=calibration(lm, args), progress=args.progress)
+    elif cfg.get("prune") == "wanda":
+        prune_wanda(lm.model, calibration(lm, args), sparsity=0.5, progress=args.progress)
+
+
+def _speed(lm, n_new: int) -> dict:
+    """Decode tokens/s at batch 1 and 8 and prefill tokens/s (512 tokens), greedy, fastest of two runs."""
+    vocab = lm.model.config.vocab_size
+    prompt = [(7 * i + 3) % vocab for i in range(16)]
+    long_prompt = [(11 * i + 5) % vocab for i in range(min(512, lm.model.config.seq_len - 1))]
+    # greedy with no EOS given: every run makes exactly n_new tokens
+    b1 = best_seconds(lambda: generate(lm.model, prompt, n_new, temperature=0.0), 2)
+    b8 = best_seconds(lambda: generate_batch(lm.model, [prompt] * 8, n_new, temperature=0.0), 2)
+    prefill = best_seconds(lambda: generate(lm.model, long_prompt, 1, temperature=0.0), 2)
+    return {"decode_b1_tps": n_new / b1, "decode_b8_tps": 8 * n_new / b8, "prefill_tps": len(long_prompt) / prefill}
+
+
+def compare(args: CompareArgs) -> list[dict]:
+    """`llmlab quantize compare`: every method on one model: size, perplexity, accuracy and speed, tabulated."""
+    _, val = split_documents(default_corpus())
+    heldout, budget = [], int(args.heldout_kb * 1000)
+    for _, text in val:  # whole documents until the budget is spent
+        if budget <= 0:
+            break
+        heldout.append(text[:budget])
+        budget -= len(heldout[-1])
+    rows = []
+    for name in args.configs:
+        log.info(f"quantize compare: {name}")
+        seed_everything(args.seed)
+        lm = load(args.model, device=resolve_device(args.device))
+        _compress(lm, name, COMPARE_CONFIGS[name], args)
+        ppl = perplexity(lm, heldout, progress=args.progress)
+        mc, _ = evaluate(lm, resolve_task("stdlib-mc"), limit=args.mc_rows, progress=args.progress)
+        disk = sum(t.numel() * t.element_size() for t in checkpoint.model_tensors(lm.model).values())
+        rows.append({"config": name, "disk_mb": disk / 2**20, "memory_mb": model_size_bytes(lm.model) / 2**20,
+                     "bits_per_byte": ppl["bits_per_byte"], "word_perplexity": ppl["word_perplexity"],
+                     "token_perplexity": ppl["token_perplexity"], "mc_acc_norm": mc["acc_norm"],
+                     "mc_acc_norm_stderr": mc["acc_norm_stderr"], **_speed(lm, args.decode_tokens)})
+        write_json_atomic(Path(args.out) / "compare.json", rows)  # kept as it grows: a long run loses nothing
+    base = rows[0]
+    for r in rows:
+        r["ppl_change_pct"] = 100 * (r["token_perplexity"] / base["token_perplexity"] - 1)
+        r["decode_b1_speedup"] = r["decode_b1_tps"] / base["decode_b1_tps"]
+    write_json_atomic(Path(args.out) / "compare.json", rows)
+    table = compare_table(rows)
+    plot_compare(rows, Path(args.out) / "compare.png")
+    write_text_atomic(Path(args.out) / "compare.md", f"# Compression trade-offs: {args.model}\n\n{table}\n"
+                      "![size, perplexity and speed](compare.png)\n")
+    log.info(table)
+    return rows
+
+
+COLUMNS = [("config", "config", "{}"), ("disk MB", "disk_mb", "{:.1f}"), ("memory MB", "memory_mb", "{:.1f}"),
+           ("bits/byte", "bits_per_byte", "{:.4f}"), ("token ppl", "token_perplexity", "{:.3f}"),
+           ("ppl change", "ppl_change_pct", "{:+.2f}%"), ("MC acc_norm", "mc_acc_norm", "{:.3f}"),
+           ("decode b1 tok/s", "decode_b1_tps", "{:.1f}"), ("b1 speedup", "decode_b1_speedup", "{:.2f}x"),
+           ("decode b8 tok/s", "decode_b8_tps", "{:.1f}"), ("prefill tok/s", "prefill_tps", "{:.0f}")]
+
+
+def compare_table(rows: list[dict]) -> str:
+    head = "| " + " | ".join(c for c, _, _ in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    return head + "".join("| " + " | ".join(f.format(r[k]) for _, k, f in COLUMNS) + " |\n" for r in rows)
+
+
+def plot_compare(rows: list[dict], path: Path) -> None:
+    """Perplexity against size in memory, and decode speed, one point/bar per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in rows:
+        ax1.scatter(r["memory_mb"], r["token_perplexity"])
+        ax1.annotate(r["config"], (r["memory_mb"], r["token_perplexity"]), fontsize=8)
+    ax1.set_xlabel("size in memory (MB)")
+    ax1.set_ylabel("token perplexity on held-out text")
+    ax1.grid(alpha=0.3)
+    ax2.bar(range(len(rows)), [r["decode_b1_tps"] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+    ax2.set_xticks(range(len(rows)), [r["config"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("decode tokens/s, batch 1")
+    ax2.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
