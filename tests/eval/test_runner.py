@@ -165,3 +165,21 @@ def test_public_formats_from_local_files(models, tmp_path, fmt):
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     with pytest.raises(UserError, match=f"bad.jsonl:1: not a {fmt} row"):
         load_rows(resolve_task(f"{fmt}={tmp_path / 'bad.jsonl'}"))
+
+
+def test_a_judge_grades_answers_and_its_agreement_is_reported(models, files):
+    from llmlab.recipes.evaluate import judge_notes
+
+    class Judge:  # grades by answer length: a scripted stand-in for a model or an endpoint
+        def chat(self, messages, max_new_tokens=256, temperature=0.0):
+            answer = messages[-1]["content"]
+            return f"Rating: [[{1 + len(answer) % 10}]]"
+
+    spec = resolve_task(str(files / "qa.yaml"))
+    metrics, samples = evaluate(llmlab.load(models[0]), spec, judge=Judge(), progress=False)
+    assert 1 <= metrics["judge_score"] <= 10 and metrics["judge_unparseable"] == 0
+    assert all(s["judge_score"] is not None for s in samples)
+    agreement = metrics["judge_agreement"]
+    assert agreement["metric"] == "exact_match" and agreement["n"] == 3
+    notes = "\n".join(judge_notes({"run1": {"qa": metrics}}))
+    assert "| run1 | qa |" in notes and "exact_match" in notes

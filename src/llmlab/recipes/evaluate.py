@@ -120,7 +120,7 @@ def run(args: EvalArgs) -> dict:
     notes = [f"Models: {', '.join(f'`{m}`' for m in args.model)}. Tasks: {', '.join(s.name for s in specs)}."
              + (f" At most {args.limit} rows per task." if args.limit else ""),
              "", "Seconds per model and task: " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items()) + "."]
-    notes += pairwise_notes(pairwise, labels)
+    notes += judge_notes(results) + pairwise_notes(pairwise, labels)
     write_json_atomic(out / "run.json", {"models": dict(zip(labels, args.model, strict=True)), "steps": steps,
                                          "tasks": task_names, "seconds": timing, "limit": args.limit,
                                          "seed": args.seed})
@@ -144,6 +144,21 @@ def judge_pairs(judge, labels: list[str], samples: dict, max_new_tokens: int, pr
                                       max_new_tokens=max_new_tokens, progress=progress)
         out[task] = summarize_comparisons(comparisons)
     return out
+
+
+def judge_notes(results: dict) -> list[str]:
+    """Reference-free against reference-based: how the judge's grades rank answers next to the task's metric."""
+    rows = [(label, task, m["judge_score"], m["judge_agreement"]) for label, per_task in results.items()
+            for task, m in per_task.items() if "judge_agreement" in m]
+    if not rows:
+        return []
+    lines = ["", "## Judge grades against the reference-based metric (same answers)", "",
+             "| model | task | mean grade (1-10) | metric | Spearman [95% CI] | Kendall tau-b [95% CI] | n |",
+             "|---|---|---|---|---|---|---|"]
+    for label, task, grade, a in rows:
+        cells = [f"{a[k]['value']:.2f} [{a[k]['low']:.2f}, {a[k]['high']:.2f}]" for k in ("spearman", "kendall")]
+        lines.append(f"| {label} | {task} | {grade:.2f} | {a['metric']} | {cells[0]} | {cells[1]} | {a['n']} |")
+    return lines
 
 
 def pairwise_notes(pairwise: dict, labels: list[str]) -> list[str]:
