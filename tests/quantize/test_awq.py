@@ -1,6 +1,8 @@
 """AWQ: lower output error than RTN on a layer with large input channels; folding is exact in float;
 whole-model quantisation on a tiny Llama with outlier channels beats RTN."""
 
+import json
+
 import torch
 
 from llmlab.models import Transformer, get_preset
@@ -10,10 +12,12 @@ from llmlab.quantize.awq import (
     awq_search_clip,
     awq_search_scale,
     clip_weight,
+    fake_quant,
     output_error,
 )
 from llmlab.quantize.calibration import collect_block_stats, for_each_block, linear_names
 from llmlab.quantize.layers import Int4Linear
+from llmlab.quantize.model import prepare_quantized
 from llmlab.quantize.rtn import fake_quantize
 
 
@@ -46,10 +50,23 @@ def test_clip_search_never_worse_than_no_clip():
     H = 2 * x.T @ x / x.shape[0]
     max_val = awq_search_clip(w, H, bits=4, group_size=64, symmetric=True)
     assert max_val.shape == (32, 2) and (max_val <= w.abs().view(32, 2, 64).amax(-1) + 1e-6).all()
-    clipped = clip_weight(w, max_val)
+    clipped = clip_weight(w, max_val, 64)
     err_clip = output_error(w, fake_quantize(clipped, 4, 64), H)
     err_plain = output_error(w, fake_quantize(w, 4, 64), H)
     assert err_clip <= err_plain
+
+
+def test_clip_with_padded_last_group():
+    """576 inputs in groups of 128 (SmolLM2): 5 groups, the last one 64 wide; each clip hits its own columns."""
+    w = torch.randn(8, 576)
+    max_val = torch.full((8, 5), 10.0)
+    max_val[:, 4] = 0.1  # clip only the short last group
+    clipped = clip_weight(w, max_val, 128)
+    assert torch.equal(clipped[:, :512], w[:, :512]) and clipped[:, 512:].abs().max() <= 0.1
+    x = outlier_inputs(1024, 576)
+    H = 2 * x.T @ x / x.shape[0]
+    best = clip_weight(w, awq_search_clip(w, H, 4, 128, False), 128)
+    assert output_error(w, fake_quant(best, 4, 128, False), H) <= output_error(w, fake_quant(w, 4, 128, False), H)
 
 
 def llama_with_outliers(seed: int = 0) -> Transformer:
@@ -97,9 +114,16 @@ def test_quantize_model_beats_rtn():
         rtn_err = (rtn_model(held_out) - ref).pow(2).mean()
     record = awq_quantize_model(model, calib_batches(), bits=4, group_size=32)
     assert record["method"] == "awq" and len(record["layers"]) == 28
-    layers = record["layers"]
-    assert layers["blocks.0.attn.o_proj"]["input_scale"] and not layers["blocks.0.attn.q_proj"]["clip"]
+    assert record["layers"]["blocks.0.attn.o_proj"]["input_scale"]  # core's layer config: rebuilt with the buffer
+    per_layer = record["per_layer"]
+    assert not per_layer["blocks.0.attn.q_proj"]["clip"] and per_layer["blocks.0.attn.v_proj"]["clip"]
     assert isinstance(model.blocks[3].mlp.down_proj, Int4Linear)
     with torch.no_grad():
-        awq_err = (model(held_out) - ref).pow(2).mean()
+        awq = model(held_out)
+        awq_err = (awq - ref).pow(2).mean()
     assert awq_err < rtn_err, (awq_err, rtn_err)
+    # the record rebuilds the model for loading: a float model, prepare_quantized, load_state_dict -> same logits
+    fresh = prepare_quantized(Transformer(model.config).eval(), json.loads(json.dumps(record)))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(held_out), awq)

@@ -1,5 +1,6 @@
 """GGUF export: block formats byte-identical to the `gguf` package, files llmlab reopens exactly, and
-llama.cpp (when llama-cpp-python is installed) generating the same greedy tokens as llmlab."""
+llama.cpp (when llama-cpp-python is installed) tokenising like llmlab and computing the same logits
+(tiny models, default run) and greedy tokens (SmolLM2 and a speedrun model, slow)."""
 
 import sysconfig
 from pathlib import Path
@@ -33,7 +34,7 @@ def _edge_cases(rng: np.random.Generator) -> np.ndarray:
     w[2] = -np.abs(w[2])  # all negative: Q4_0's scale turns positive
     w[3] = np.abs(w[3])
     w[4, :32] = np.arange(32) - 16.0  # largest magnitude negative (-16)
-    w[5, :32] = np.linspace(-127, 127, 32).round() + 0.5  # exact halves for Q8_0 (d = 127.5/127)
+    w[5, :32] = np.linspace(-127, 127, 32).round() + 0.5  # a half-integer grid (d = 127.5/127)
     w[6, :32] = 127.0
     w[6, 1:32:2] = np.arange(16) - 7.5  # x/d lands on .5: C's roundf goes away from zero
     w[7, :32] = -8.0
@@ -98,8 +99,11 @@ CASES = {  # name -> (preset, overrides, llama.cpp architecture)
 }
 
 
-@pytest.mark.parametrize("qtype", ["f16", "q8_0", "q4_0"])
-@pytest.mark.parametrize("case", list(CASES))
+ROUND_TRIPS = [(case, qtype) for case in ("llama", "gpt2") for qtype in ("f16", "q8_0", "q4_0")]
+ROUND_TRIPS += [("llama-untied-padded", "q4_0"), ("qwen2", "q8_0")]
+
+
+@pytest.mark.parametrize("case, qtype", ROUND_TRIPS)
 def test_export_reopens_with_the_same_logits_and_ids(case, qtype, tokenizer, tmp_path):
     preset, overrides, arch = CASES[case]
     model = _tiny(preset, **overrides)
@@ -199,10 +203,11 @@ def test_smollm2_q8_0_reopens(tmp_path):
     assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "smollm"
 
 
-# ---- llama.cpp itself (slow; skipped when llama-cpp-python is not installed) ---------------------------
+# ---- llama.cpp itself (skipped when llama-cpp-python is not installed; the real models are slow) -------
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "Once upon a time, there was a"]
 N_NEW = 16
+MARGIN = 1.0  # logits: a top-1 lead this large never flips under llama.cpp's activation rounding
 
 
 def _llama_cpp(path: Path):
@@ -221,20 +226,15 @@ def _llama_cpp_greedy(llm, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def _llama_cpp_top1(llm, ids: list[int], start: int) -> list[int]:
-    """Teacher forcing: llama.cpp's argmax after each prefix ids[:t+1], for t >= start - 1."""
-    llm.reset()
-    llm.eval(ids)
-    return [int(np.argmax(llm.scores[t])) for t in range(start - 1, len(ids) - 1)]
+def _check_against_llama_cpp(path: Path, prompts: list[str], exact: bool) -> None:
+    """llmlab on the file's weights (reopened by llmlab) vs llama.cpp on the same file.
 
-
-def _check_against_llama_cpp(path: Path, prompts: list[str], n_first: int) -> None:
-    """llmlab's greedy tokens on the file's own weights (reopened by llmlab) vs llama.cpp on the same file.
-
-    Both compute in float32 except that llama.cpp rounds activations for its quantised matmuls (to Q8_0
-    blocks for Q8_0/Q4_0 weights, to float16 for F16 ones), so a near-tie between the top two logits can
-    flip and the sequences then diverge. Exact: the first `n_first` tokens and llama.cpp's tokenizer; then
-    teacher-forced top-1 agreement over the whole continuation.
+    llama.cpp's tokenizer must give llmlab's ids. With float weights (exact=True) llama.cpp's greedy tokens
+    must equal llmlab's. With Q8_0/Q4_0 weights llama.cpp also rounds the *activations* to Q8_0 blocks
+    before each matmul (its integer dot products need both sides quantised), which moves SmolLM2's logits
+    by up to ~1-4 (float16 weights: ~0.04), so near-ties flip and greedy sequences can part ways. Then:
+    teacher-forced on llmlab's greedy continuation, llama.cpp's top-1 must agree wherever llmlab's top-1 leads
+    by more than MARGIN, and at 85% of all positions.
     """
     from llmlab.infer.generate import generate
 
@@ -245,12 +245,38 @@ def _check_against_llama_cpp(path: Path, prompts: list[str], n_first: int) -> No
         prompt = ours.tokenizer.encode(text)
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == prompt
         want = generate(ours.model, prompt, N_NEW, temperature=0.0)
-        got = _llama_cpp_greedy(llm, prompt, N_NEW)
-        assert got[:n_first] == want[:n_first], (text, got, want)
-        top1 = _llama_cpp_top1(llm, prompt + want, len(prompt))
-        agree += sum(a == b for a, b in zip(top1, want, strict=True))
-        total += len(want)
-    assert agree / total >= 0.9, f"top-1 agreement {agree}/{total}"
+        if exact:
+            assert _llama_cpp_greedy(llm, prompt, N_NEW) == want, text
+        ids = prompt + want
+        llm.reset()
+        llm.eval(ids)
+        theirs = np.array(llm.scores[:len(ids)])  # (T, vocab)
+        with torch.no_grad():
+            logits = ours.model(torch.tensor([ids]))[0].numpy()  # (T, vocab)
+        top2 = np.sort(logits, axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > MARGIN
+        same = theirs.argmax(1) == logits.argmax(1)
+        assert same[clear].all(), (text, np.flatnonzero(clear & ~same))
+        agree, total = agree + same.sum(), total + len(ids)
+        if exact:
+            assert np.abs(theirs - logits).max() < 0.2
+    assert agree / total >= 0.85, f"top-1 agreement {agree}/{total}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_llama_cpp_logits_match_on_tiny_models(case, tokenizer, tmp_path):
+    """Every architecture the exporter writes runs in llama.cpp with llmlab's logits (random tiny weights)."""
+    pytest.importorskip("llama_cpp")
+    preset, overrides, _ = CASES[case]
+    model = _tiny(preset, **overrides)
+    ids = tokenizer.encode(SAMPLE)
+    for qtype, atol in (("f32", 1e-3), ("q8_0", 0.05)):  # q8_0: llama.cpp also rounds activations to Q8_0
+        path = export_gguf(model, tokenizer, tmp_path / f"{qtype}.gguf", qtype=qtype)
+        llm = _llama_cpp(path)
+        llm.eval(ids)
+        with torch.no_grad():
+            want = llmlab.load(path).model(torch.tensor([ids]))[0].numpy()
+        np.testing.assert_allclose(np.array(llm.scores[:len(ids)]), want, atol=atol, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -261,14 +287,13 @@ def smollm2():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "f16"])
-def test_llama_cpp_greedy_matches_llmlab_smollm2(smollm2, qtype, tmp_path):
+def test_llama_cpp_agrees_with_llmlab_on_smollm2(smollm2, qtype, tmp_path):
     path = export_gguf(smollm2.model, smollm2.tokenizer, tmp_path / f"smol.{qtype}.gguf", qtype=qtype)
-    _check_against_llama_cpp(path, PROMPTS, n_first=8)
+    _check_against_llama_cpp(path, PROMPTS, exact=qtype == "f16")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
-def test_llama_cpp_runs_a_speedrun_model_with_its_own_tokenizer(qtype, corpus_dir, tmp_path):
+def test_llama_cpp_runs_a_speedrun_model_with_its_own_tokenizer(corpus_dir, tmp_path):
     pytest.importorskip("llama_cpp")
     from llmlab.recipes.speedrun import SpeedrunArgs, run
 
@@ -276,5 +301,20 @@ def test_llama_cpp_runs_a_speedrun_model_with_its_own_tokenizer(qtype, corpus_di
     run(SpeedrunArgs(out=str(out), data=[str(corpus_dir)], vocab_size=512, max_minutes=1.5, samples=1,
                      sample_tokens=8, progress=False))
     trained = llmlab.load(out)
-    path = export_gguf(trained.model, trained.tokenizer, tmp_path / f"speedrun.{qtype}.gguf", qtype=qtype)
-    _check_against_llama_cpp(path, ["def wrap(text, width=70):\n    ", "import os\n\n", SAMPLE[:40]], n_first=8)
+    prompts = ["def wrap(text, width=70):\n    ", "import os\n\n", SAMPLE[:60]]
+    for qtype in ("f32", "q8_0", "q4_0"):
+        path = export_gguf(trained.model, trained.tokenizer, tmp_path / f"speedrun.{qtype}.gguf", qtype=qtype)
+        _check_against_llama_cpp(path, prompts, exact=qtype == "f32")
+
+
+@pytest.mark.parametrize("pattern", ["gpt4", "gpt2", "gpt2-digits"])
+def test_llama_cpp_tokenizes_like_llmlab(pattern, tmp_path):
+    """The pre-tokenizer name picks llama.cpp's split regex: the same ids on real code and odd text."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    text = "".join((STDLIB / name).read_text() for name in ("textwrap.py", "shlex.py", "bisect.py"))
+    odd = "Hi!!  \t\n\n\r\n  x 123456789 1,000.5 I'm you'LL WE'RE héllo ñ 日本語 🤖\u00a0nbsp  end   "
+    tok = Tokenizer.train(text[:50_000], 1024, pattern=pattern)
+    path = export_gguf(_tiny("gpt2-tiny", vocab_size=1024), tok, tmp_path / "t.gguf", qtype="f32")
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for sample in (text, odd, SAMPLE):
+        assert llm.tokenize(sample.encode(), add_bos=False, special=False) == tok.encode(sample)

@@ -8,6 +8,7 @@ from llmlab.common.errors import UserError
 from llmlab.models import Transformer, get_preset
 from llmlab.quantize.gptq import gptq_quantize_model, gptq_quantize_weight
 from llmlab.quantize.layers import Int4Linear
+from llmlab.quantize.model import prepare_quantized
 from llmlab.quantize.rtn import dequantize_weight, qrange, quantize_weight
 
 
@@ -118,8 +119,13 @@ def test_quantize_model_tiny_llama():
     assert isinstance(model.blocks[0].attn.q_proj, Int4Linear) and isinstance(model.lm_head, torch.nn.Linear)
     assert len(record["layers"]) == 4 * 7 and record["method"] == "gptq" and record["calibration"]["sequences"] == 16
     with torch.no_grad():
-        gptq_err = (model(held_out) - ref).pow(2).mean()
+        out = model(held_out)
+        gptq_err = (out - ref).pow(2).mean()
     assert gptq_err < rtn_err, (gptq_err, rtn_err)
+    fresh = prepare_quantized(Transformer(model.config).eval(), record)  # what llmlab.load does
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(held_out), out)
 
 
 @pytest.mark.slow

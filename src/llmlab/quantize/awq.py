@@ -44,8 +44,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.models.swap import freeze, replace_module
-from llmlab.quantize.calibration import InputStats, collect_block_stats, for_each_block, linear_names
+from llmlab.quantize.calibration import (
+    InputStats,
+    calibration_info,
+    collect_block_stats,
+    for_each_block,
+    linear_names,
+)
 from llmlab.quantize.gptq import quantized_layer
+from llmlab.quantize.model import quantization_record
 from llmlab.quantize.rtn import dequantize_weight, pad_columns, quantize_weight
 
 
@@ -117,11 +124,10 @@ def awq_search_clip(w: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size:
     return best
 
 
-def clip_weight(w: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
-    """Clamp each row's groups of W (out, in) to [-max_val, max_val] (out, in // g)."""
+def clip_weight(w: torch.Tensor, max_val: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """Clamp each row's groups of g columns of W (out, in) to [-max_val, max_val] (out, ceil(in / g))."""
     n_in = w.shape[1]
-    g = -(-n_in // max_val.shape[1])
-    m = max_val.repeat_interleave(g, dim=1)[:, :n_in]  # (out, in)
+    m = max_val.repeat_interleave(group_size or n_in, dim=1)[:, :n_in]  # (out, in); the last group may be short
     return torch.maximum(torch.minimum(w, m), -m)
 
 
@@ -183,7 +189,7 @@ def awq_quantize_block(block: nn.Module, stats: dict[str, InputStats], info: dic
         meta["clip"] = clip and name not in ("attn.q_proj", "attn.k_proj")
         if meta["clip"]:
             H = stats[name].hessian / (s[:, None] * s[None, :])  # the scaled input x / s
-            w = clip_weight(w, awq_search_clip(w, H, bits, group_size, symmetric))
+            w = clip_weight(w, awq_search_clip(w, H, bits, group_size, symmetric), group_size)
         codes, scales, zeros = _quantize(w, bits, group_size, symmetric)
         q = quantized_layer(codes, scales, zeros, bits, linear, input_scale=s if meta["input_scale"] else None)
         replace_module(block, name, q)
@@ -192,23 +198,23 @@ def awq_quantize_block(block: nn.Module, stats: dict[str, InputStats], info: dic
 @torch.no_grad()
 def awq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits: int = 4,
                        group_size: int | None = 128, symmetric: bool = True, n_grid: int = 20, clip: bool = True,
-                       skip: Sequence[str] = ("lm_head",), progress: bool = False) -> dict:
-    """AWQ every linear in the model's blocks (but `skip`), in place, block by block -> the "quantization" record.
-
-    Per layer: the alpha chosen, where its scale was folded, whether it keeps an input_scale, whether clipped.
+                       skip: Sequence[str] = ("lm_head",), skip_first: int = 0, progress: bool = False) -> dict:
+    """AWQ every linear in the model's blocks (but `skip`), in place, block by block -> the "quantization" record
+    (`model.quantization_record`), with in "per_layer" the alpha chosen, where the scale was folded, whether
+    the layer keeps an input_scale, and whether it was clipped.
     """
     freeze(model)
     skip = tuple(skip)
-    layers: dict[str, dict] = {}
+    per_layer: dict[str, dict] = {}
     for i, block, inputs in for_each_block(model, batches, progress, desc="awq"):
         names = [n for n in linear_names(block, skip=()) if not f"blocks.{i}.{n}".endswith(skip)]
-        col = collect_block_stats(block, i, inputs, names, hessian=True)
+        col = collect_block_stats(block, i, inputs, names, hessian=True, skip_first=skip_first)
         info = awq_scale_block(block, col.stats, col.groups, bits, group_size, symmetric, n_grid)
         awq_quantize_block(block, col.stats, info, bits, group_size, symmetric, clip)
         for name, meta in info.items():
-            layers[f"blocks.{i}.{name}"] = {k: v for k, v in meta.items() if k != "scale"}
-    n_seq = sum(b.shape[0] for b in batches)
-    return {"method": "awq", "bits": bits, "group_size": group_size,
-            "scheme": "symmetric" if symmetric else "asymmetric", "skip": list(skip), "n_grid": n_grid,
-            "clip": clip, "calibration": {"sequences": n_seq, "seq_len": int(batches[0].shape[1])},
-            "layers": layers}
+            per_layer[f"blocks.{i}.{name}"] = {k: v for k, v in meta.items() if k != "scale"}
+    scheme = "channel" if group_size is None else "group"
+    return quantization_record(
+        model, "awq", bits=bits, group_size=group_size, symmetric=symmetric, scheme=scheme,
+        skip=list(skip), n_grid=n_grid, clip=clip, skip_first=skip_first, calibration=calibration_info(batches),
+        per_layer=per_layer)

@@ -273,11 +273,14 @@ def gguf_roundtrip(model: nn.Module, qtype: str) -> nn.Module:
     qtype = check_qtype(qtype)
     gguf_arch(model.config)
     sd = float_state_dict(model)
+    tied = model.config.tie_embeddings
     for name, tensor in sd.items():
         ggml_type = tensor_type(gguf_name(name), tensor, qtype)
-        if ggml_type != "F32":
+        if ggml_type != "F32" and not (tied and name == "lm_head.weight"):
             raw = np.ascontiguousarray(encode_tensor(name, tensor, ggml_type))
             sd[name] = dequantize(raw, ggml_type, tuple(tensor.shape))
+    if tied:  # one matrix under two names, as llama.cpp reuses token_embd for the head
+        sd["lm_head.weight"] = sd["tok_emb.weight"]
     out = dequantize_model(copy.deepcopy(model)).float()
-    out.load_state_dict(sd, strict=True)  # a tied head gets tok_emb's values (same tensor, same result)
+    out.load_state_dict(sd, strict=True)
     return out.eval()

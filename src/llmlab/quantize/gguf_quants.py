@@ -29,10 +29,13 @@ BLOCK_BYTES = {"Q8_0": 2 + QK, "Q4_0": 2 + QK // 2}
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's roundf: 2.5 -> 3, -2.5 -> -3 (numpy's round goes to even). Exact for every float32."""
-    a = np.abs(x)
-    whole = np.floor(a)
-    return np.sign(x) * (whole + np.floor(2 * (a - whole)))  # a - whole is exact, so is 2*(a - whole)
+    """C's roundf: 2.5 -> 3, -2.5 -> -3 (numpy's round goes to even).
+
+    trunc(x + 0.5 * sign(x)) in float64, where adding 0.5 to a float32 is exact; in float32 it is not
+    (0.49999997 + 0.5 would round up to 1.0).
+    """
+    x64 = x.astype(np.float64)
+    return np.trunc(x64 + np.copysign(0.5, x64))
 
 
 def _blocks(w: np.ndarray, name: str) -> np.ndarray:

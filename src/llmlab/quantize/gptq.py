@@ -35,6 +35,7 @@ each group's H collected with the groups before it already quantised ("true sequ
 """
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -43,8 +44,15 @@ import torch.nn.functional as F
 from llmlab.common import log
 from llmlab.common.errors import UserError
 from llmlab.models.swap import freeze, replace_module
-from llmlab.quantize.calibration import collect_block_stats, for_each_block, input_groups, linear_names
+from llmlab.quantize.calibration import (
+    calibration_info,
+    collect_block_stats,
+    for_each_block,
+    input_groups,
+    linear_names,
+)
 from llmlab.quantize.layers import Int4Linear, Int8Linear
+from llmlab.quantize.model import quantization_record
 from llmlab.quantize.rtn import pad_columns, qrange, quantize_weight
 
 
@@ -71,6 +79,22 @@ def _inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> torch.Tensor:
         damp = damp * 10 if damp > 0 else torch.tensor(1e-6, device=H.device)
         log.info(f"gptq: Hessian not positive definite; dampening x10 (attempt {attempt + 2})")
     raise ValueError("gptq: the Hessian stays singular even when heavily dampened; are the inputs all zero?")
+
+
+@contextmanager
+def _one_thread(device: torch.device):
+    """Run the column loop single-threaded on CPU: each step is a few small ops, and one of them (the rank-1
+    update) is big enough for PyTorch to split across threads; on a busy machine every split then waits for
+    a descheduled thread, and 2 threads ran the loop ~25x slower than 1 (measured on a shared 2-core box)."""
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _lazy_block(block_size: int, g: int) -> int:
@@ -118,28 +142,29 @@ def gptq_quantize_weight(w: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
     codes = torch.empty(out, n_in, device=W.device)  # processing order until the end
     loss = torch.zeros((), dtype=torch.float64, device=W.device)
     B = _lazy_block(block_size, g)
-    for i1 in range(0, n_in, B):
-        i2 = min(i1 + B, n_in)
-        W1 = W[:, i1:i2].clone()  # (out, B) the lazy batch
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            group = group_of[col]
-            if not static_groups and col % g == 0:  # a group starts: its scale from its columns as they are now
-                cur = W1[:, i:i + g] if g <= B else W[:, i1:i1 + g]
-                _, s, z = quantize_weight(cur, bits, group_size=g, symmetric=symmetric)
-                scales[:, group] = s[:, 0]
-                if zeros is not None:
-                    zeros[:, group] = z[:, 0]
-            w_col, d = W1[:, i], U1[i, i]
-            c, q = _round_column(w_col, scales[:, group], None if zeros is None else zeros[:, group], qmin, qmax)
-            codes[:, col] = c
-            err = (w_col - q) / d  # (out,)
-            loss += (err.double() ** 2).sum() / 2
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]  # compensate inside the lazy batch
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # and once for all columns after it
+    with _one_thread(W.device):
+        for i1 in range(0, n_in, B):
+            i2 = min(i1 + B, n_in)
+            W1 = W[:, i1:i2].clone()  # (out, B) the lazy batch
+            Err1 = torch.zeros_like(W1)
+            U1 = U[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                group = group_of[col]
+                if not static_groups and col % g == 0:  # a group starts: its scale from its columns as they are now
+                    cur = W1[:, i:i + g] if g <= B else W[:, i1:i1 + g]
+                    _, s, z = quantize_weight(cur, bits, group_size=g, symmetric=symmetric)
+                    scales[:, group] = s[:, 0]
+                    if zeros is not None:
+                        zeros[:, group] = z[:, 0]
+                w_col = W1[:, i]
+                zero = None if zeros is None else zeros[:, group]
+                codes[:, col], q = _round_column(w_col, scales[:, group], zero, qmin, qmax)
+                err = (w_col - q).div_(U1[i, i])  # (out,)
+                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)  # compensate inside the lazy batch
+                Err1[:, i] = err
+            W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # and once for all columns after it
+            loss += Err1.double().pow(2).sum() / 2
     codes = codes[:, torch.argsort(perm)].to(torch.int32)  # back to the original column order
     return codes, scales, zeros, float(loss)
 
@@ -160,29 +185,31 @@ def quantized_layer(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tens
 def gptq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits: int = 4,
                         group_size: int | None = 128, symmetric: bool = True, act_order: bool = False,
                         percdamp: float = 0.01, true_sequential: bool = True, static_groups: bool = False,
-                        skip: Sequence[str] = ("lm_head",), progress: bool = False) -> dict:
+                        skip: Sequence[str] = ("lm_head",), skip_first: int = 0, progress: bool = False) -> dict:
     """Quantise every linear in the model's blocks (but `skip`) with GPTQ, in place, block by block.
 
-    Returns the checkpoint's "quantization" record: method, bits, group size, scheme, options, and per
-    layer the GPTQ loss estimate. lm_head (tied to the embedding in small models) stays float.
+    Returns the checkpoint's "quantization" record (`model.quantization_record`: method, settings, each
+    layer's config for `prepare_quantized`), with the calibration used and, in "per_layer", GPTQ's loss
+    estimate of each layer. lm_head (tied to the embedding in small models) stays float.
     """
     freeze(model)
     skip = tuple(skip)
-    layers: dict[str, dict] = {}
-    n_seq = sum(b.shape[0] for b in batches)
+    per_layer: dict[str, dict] = {}
     for i, block, inputs in for_each_block(model, batches, progress, desc="gptq"):
         names = [n for n in linear_names(block, skip=()) if not f"blocks.{i}.{n}".endswith(skip)]
         groups = input_groups(block, i, inputs, names) if true_sequential else [names]
         for group in groups:
-            stats = collect_block_stats(block, i, inputs, group, hessian=True).stats
+            stats = collect_block_stats(block, i, inputs, group, hessian=True, skip_first=skip_first).stats
             for name in group:
                 linear = block.get_submodule(name)
                 codes, scales, zeros, loss = gptq_quantize_weight(
                     linear.weight, stats[name].hessian, bits, group_size, symmetric, act_order, percdamp,
                     static_groups=static_groups)
                 replace_module(block, name, quantized_layer(codes, scales, zeros, bits, linear))
-                layers[f"blocks.{i}.{name}"] = {"loss": loss}
-    return {"method": "gptq", "bits": bits, "group_size": group_size,
-            "scheme": "symmetric" if symmetric else "asymmetric", "skip": list(skip), "act_order": act_order,
-            "static_groups": static_groups or act_order, "percdamp": percdamp, "true_sequential": true_sequential,
-            "calibration": {"sequences": n_seq, "seq_len": int(batches[0].shape[1])}, "layers": layers}
+                per_layer[f"blocks.{i}.{name}"] = {"loss": loss}
+    scheme = "channel" if group_size is None else "group"
+    return quantization_record(
+        model, "gptq", bits=bits, group_size=group_size, symmetric=symmetric, scheme=scheme,
+        skip=list(skip), act_order=act_order, static_groups=static_groups or act_order, percdamp=percdamp,
+        true_sequential=true_sequential, skip_first=skip_first, calibration=calibration_info(batches),
+        per_layer=per_layer)

@@ -8,12 +8,12 @@ columns) in compact buffers and compute y = x W^T + b in one of two ways:
 - fast (`layer.fast = True`, the default): hand the codes to a PyTorch kernel that dequantises
   tiles on the fly, never materialising W. Which kernel a layer uses is `layer.kernel`:
 
-    layer / config                           CPU                                   CUDA
-    Int8Linear per channel or per tensor     _weight_int8pack_mm                   _weight_int8pack_mm if this build has it
-    Int8Linear asymmetric (same)             _weight_int8pack_mm + zero-point term (same)
-    Int8Linear group-wise                    dequantize (no kernel has int8 groups)
-    Int4Linear, group g a multiple of 32     _weight_int4pack_mm_for_cpu           _weight_int4pack_mm
-    Int4Linear, g < 32 or not /32, out % 16  dequantize
+    layer / config                          CPU                                   CUDA
+    Int8Linear per channel or per tensor    _weight_int8pack_mm                   the same, if this build has it
+    Int8Linear asymmetric (same)            _weight_int8pack_mm + zero-point term (same)
+    Int8Linear group-wise, or in % 16 != 0  dequantize (no kernel has int8 groups)
+    Int4Linear, group g a multiple of 32    _weight_int4pack_mm_for_cpu           _weight_int4pack_mm
+    Int4Linear, other g, or out % 16 != 0   dequantize
 
   The x86 kernels are vectorised for bfloat16 activations only (float32 takes a scalar loop ~10x
   slower than F.linear), so the fast path runs them in bf16 (scales rounded to bf16, float32
@@ -38,6 +38,13 @@ Input widths a group size does not divide are zero-padded (codes 0 / the zero po
 multiple of g, as `rtn.pad_columns`; `in_features` is the true width and the padding never reaches
 the output. Cached kernel layouts (packed int4 tiles, bf16 scales) are built on the first fast call,
 kept per device, and dropped on `load_state_dict` or `.to()`; `cache_bytes()` says how much they take.
+INT8 computes from its own codes (the cache is just the bf16 scales); INT4's CPU tiles are a second
+copy of the 4-bit codes (the portable layout stays for saving, dequantising and backward).
+
+    q = Int4Linear.from_linear(nn.Linear(576, 1536), group_size=128)  # codes (1536, 640): 576 padded
+    q.qweight.shape, q.scales.shape   -> (1536, 320) uint8, (1536, 5) float32
+    q.kernel                          -> "_weight_int4pack_mm_for_cpu" (9 kernel groups of 64)
+    y = q(x)                          # set_fast(model, False) for the reference path
 
 Autograd as QuantizedLinear: the codes are frozen; gradients flow to the input (grad_x = grad_y W,
 W dequantised in backward), so LoRA (QLoRA style) trains on top of either layer.

@@ -6,7 +6,7 @@
                                                                 # -> load_state_dict -> the same logits
 
 Methods (`METHODS`):
-    int8   Int8Linear, round to nearest; group_size=None per channel (the fast kernel), an int group-wise
+    int8   Int8Linear, round to nearest; group_size=None is per channel (the fast kernel), an int group-wise
     int4   Int4Linear, round to nearest, group-wise (128 by default)
     nf4    NF4Linear (QLoRA's format: blocks of 64, double-quantised absmax); group_size/symmetric ignored
     w8a8   W8A8Linear, int8 weights per channel x int8 activations per token; group_size/symmetric ignored;
@@ -157,8 +157,10 @@ def prepare_quantized(model: nn.Module, record: dict) -> nn.Module:
     return model
 
 
-def model_size_bytes(model: nn.Module, kernel_caches: bool = True) -> int:
-    """Bytes of every parameter and buffer (a tied tensor once), plus the fast layers' kernel caches."""
+def model_size_bytes(model: nn.Module, kernel_caches: bool = False) -> int:
+    """Bytes of every parameter and buffer (a tied tensor once): the model's size in memory and, near enough,
+    on disk. `kernel_caches` adds the layouts fast layers built on their first call (an INT4 layer's packed
+    copy on the CPU is as big as its codes; INT8 reuses its codes)."""
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
         if t.data_ptr() not in seen:
