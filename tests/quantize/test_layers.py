@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from llmlab.quantize.layers import Int4Linear, Int8Linear, IntLinear, set_fast
+from llmlab.quantize.layers import GEMM_MIN_ROWS, Int4Linear, Int8Linear, IntLinear, set_fast
 from llmlab.quantize.linear import QuantizedLinear
 from llmlab.quantize.rtn import dequantize_weight, quantize_weight
 
@@ -44,16 +44,18 @@ def test_fast_equals_reference_and_the_right_kernel_runs(cls, kw, kernel):
     lin = linear()
     q = cls.from_linear(lin, **kw)
     assert isinstance(q, QuantizedLinear) and q.kernel == kernel
-    x = torch.randn(2, 5, 96)
-    with torch.no_grad():
-        y = q(x)
-        q.fast = False
-        ref = q(x)
-    torch.testing.assert_close(ref, nn.functional.linear(x, q.dequantize(), lin.bias))  # the readable path
-    if kernel == "dequantize":
-        torch.testing.assert_close(y, ref)
-    else:
-        close_to_bf16(y, ref)
+    for rows in (5, GEMM_MIN_ROWS):  # the tile kernel (decoding), dequantise + GEMM (prefill)
+        x = torch.randn(2, rows, 96)
+        with torch.no_grad():
+            q.fast = True
+            y = q(x)
+            q.fast = False
+            ref = q(x)
+        torch.testing.assert_close(ref, nn.functional.linear(x, q.dequantize(), lin.bias))  # the readable path
+        if kernel == "dequantize":
+            torch.testing.assert_close(y, ref)
+        else:
+            close_to_bf16(y, ref)
     q.fast = True
     with torch.no_grad():  # bf16 in, bf16 out, on either path
         yb = q(x.bfloat16())
@@ -104,8 +106,9 @@ def test_input_scale_and_perm_fold_back_into_the_original_weight(cls):
     expected = expected / s
     torch.testing.assert_close(q.dequantize(), expected)
     assert (q.dequantize() - w).abs().max() < (0.05 if cls is Int8Linear else 0.6)
-    x = torch.randn(3, 64)
+    x = torch.randn(GEMM_MIN_ROWS, 64)
     with torch.no_grad():
+        close_to_bf16(q(x[:3]), x[:3] @ expected.T + bias)
         close_to_bf16(q(x), x @ expected.T + bias)
     cfg = q.config()
     assert cfg["input_scale"] and cfg["perm"] and cfg["bias"] and cfg["class"] == cls.__name__
@@ -117,11 +120,11 @@ def test_input_scale_and_perm_fold_back_into_the_original_weight(cls):
 @pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
 def test_gradients_reach_the_input_not_the_codes(cls):
     q = cls.from_linear(linear(bias=True), group_size=32 if cls is Int4Linear else None)
-    for fast in (True, False):
+    for fast, rows in [(True, 3), (True, GEMM_MIN_ROWS), (False, 3)]:
         q.fast = fast
-        x = torch.randn(2, 3, 96, requires_grad=True)
+        x = torch.randn(2, rows, 96, requires_grad=True)
         q(x).sum().backward()
-        torch.testing.assert_close(x.grad, torch.ones(2, 3, 48) @ q.dequantize())
+        torch.testing.assert_close(x.grad, torch.ones(2, rows, 48) @ q.dequantize())
     assert not any(p.requires_grad for p in q.parameters())
 
 

@@ -198,7 +198,7 @@ def awq_quantize_block(block: nn.Module, stats: dict[str, InputStats], info: dic
 @torch.no_grad()
 def awq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits: int = 4,
                        group_size: int | None = 128, symmetric: bool = True, n_grid: int = 20, clip: bool = True,
-                       skip: Sequence[str] = ("lm_head",), skip_first: int = 0, progress: bool = False) -> dict:
+                       skip: Sequence[str] = ("lm_head",), progress: bool = False) -> dict:
     """AWQ every linear in the model's blocks (but `skip`), in place, block by block -> the "quantization" record
     (`model.quantization_record`), with in "per_layer" the alpha chosen, where the scale was folded, whether
     the layer keeps an input_scale, and whether it was clipped.
@@ -208,7 +208,7 @@ def awq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits: 
     per_layer: dict[str, dict] = {}
     for i, block, inputs in for_each_block(model, batches, progress, desc="awq"):
         names = [n for n in linear_names(block, skip=()) if not f"blocks.{i}.{n}".endswith(skip)]
-        col = collect_block_stats(block, i, inputs, names, hessian=True, skip_first=skip_first)
+        col = collect_block_stats(block, i, inputs, names, hessian=True)
         info = awq_scale_block(block, col.stats, col.groups, bits, group_size, symmetric, n_grid)
         awq_quantize_block(block, col.stats, info, bits, group_size, symmetric, clip)
         for name, meta in info.items():
@@ -216,5 +216,4 @@ def awq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits: 
     scheme = "channel" if group_size is None else "group"
     return quantization_record(
         model, "awq", bits=bits, group_size=group_size, symmetric=symmetric, scheme=scheme,
-        skip=list(skip), n_grid=n_grid, clip=clip, skip_first=skip_first, calibration=calibration_info(batches),
-        per_layer=per_layer)
+        skip=list(skip), n_grid=n_grid, clip=clip, calibration=calibration_info(batches), per_layer=per_layer)

@@ -134,14 +134,10 @@ class InputCollector:
     `stats[name]` after the run; `groups`: the names in the order they first ran, those that got the same
     input tensor together ([["attn.q_proj", "attn.k_proj", "attn.v_proj"], ["attn.o_proj"], ...]).
     `stop_after`: raise `_StopForward` once that layer's input is recorded (the rest of the pass is waste).
-    `skip_first`: leave the first positions of every (B, T, in) input out of the sums (see `for_each_block`'s
-    callers: a model's first position is often an attention sink whose huge activations swamp X^T X).
     """
 
-    def __init__(self, root: nn.Module, names: Sequence[str], hessian: bool = True, stop_after: str | None = None,
-                 skip_first: int = 0):
+    def __init__(self, root: nn.Module, names: Sequence[str], hessian: bool = True, stop_after: str | None = None):
         self.root, self.names, self.hessian, self.stop_after = root, list(names), hessian, stop_after
-        self.skip_first = skip_first
         self.stats: dict[str, InputStats] = {}
         self.groups: list[list[str]] = []
         self._seen: list[tuple[torch.Tensor, InputStats, list[str]]] = []  # this pass's inputs (strong refs)
@@ -173,7 +169,7 @@ class InputCollector:
                     self.stats[name] = InputStats(x.shape[-1], self.hessian, x.device)
                     self.groups.append([name])
                 st = self.stats[name]
-                st.add(x[:, self.skip_first:] if self.skip_first and x.dim() == 3 else x)
+                st.add(x)
                 self._seen.append((x, st, next(g for g in self.groups if name in g)))
             if name == self.stop_after:
                 raise _StopForward
@@ -241,11 +237,11 @@ def run_block(block: nn.Module, layer: int, inputs: Sequence[BlockInput]) -> Non
 
 @torch.no_grad()
 def collect_block_stats(block: nn.Module, layer: int, inputs: Sequence[BlockInput], names: Sequence[str],
-                        hessian: bool = True, skip_first: int = 0) -> InputCollector:
+                        hessian: bool = True) -> InputCollector:
     """Stats of the named linears of one block over its captured inputs, stopping after the last of them."""
     order = input_groups(block, layer, inputs, names)
     last = [n for g in order for n in g if n in names][-1]
-    with InputCollector(block, names, hessian, stop_after=last, skip_first=skip_first) as col:
+    with InputCollector(block, names, hessian, stop_after=last) as col:
         run_block(block, layer, inputs)
     return col
 

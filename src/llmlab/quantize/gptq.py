@@ -185,7 +185,7 @@ def quantized_layer(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tens
 def gptq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits: int = 4,
                         group_size: int | None = 128, symmetric: bool = True, act_order: bool = False,
                         percdamp: float = 0.01, true_sequential: bool = True, static_groups: bool = False,
-                        skip: Sequence[str] = ("lm_head",), skip_first: int = 0, progress: bool = False) -> dict:
+                        skip: Sequence[str] = ("lm_head",), progress: bool = False) -> dict:
     """Quantise every linear in the model's blocks (but `skip`) with GPTQ, in place, block by block.
 
     Returns the checkpoint's "quantization" record (`model.quantization_record`: method, settings, each
@@ -199,7 +199,7 @@ def gptq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits:
         names = [n for n in linear_names(block, skip=()) if not f"blocks.{i}.{n}".endswith(skip)]
         groups = input_groups(block, i, inputs, names) if true_sequential else [names]
         for group in groups:
-            stats = collect_block_stats(block, i, inputs, group, hessian=True, skip_first=skip_first).stats
+            stats = collect_block_stats(block, i, inputs, group, hessian=True).stats
             for name in group:
                 linear = block.get_submodule(name)
                 codes, scales, zeros, loss = gptq_quantize_weight(
@@ -211,5 +211,4 @@ def gptq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits:
     return quantization_record(
         model, "gptq", bits=bits, group_size=group_size, symmetric=symmetric, scheme=scheme,
         skip=list(skip), act_order=act_order, static_groups=static_groups or act_order, percdamp=percdamp,
-        true_sequential=true_sequential, skip_first=skip_first, calibration=calibration_info(batches),
-        per_layer=per_layer)
+        true_sequential=true_sequential, calibration=calibration_info(batches), per_layer=per_layer)
