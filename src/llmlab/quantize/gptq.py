@@ -22,7 +22,9 @@ Details as in the reference implementation (github.com/IST-DASLab/gptq):
   rounded first, while most columns are still free to compensate). It forces static groups, so each
   group is still a run of consecutive ORIGINAL columns: codes, scales and zeros come back in the original
   column order and the layer needs no permutation (`perm`) at run time. The order is only a
-  processing order.
+  processing order, free at inference, so `gptq_quantize_model` uses it by default (the reference's
+  default is off): on SmolLM2-135M INT4 g128 it recovered 50% of RTN's perplexity gap, against 25%
+  without it (32 x 512 calibration tokens).
 
 With H = I there is nothing to compensate (H^-1 is diagonal) and GPTQ gives exactly RTN's codes.
 
@@ -183,7 +185,7 @@ def quantized_layer(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tens
 
 @torch.no_grad()
 def gptq_quantize_model(model: nn.Module, batches: Sequence[torch.Tensor], bits: int = 4,
-                        group_size: int | None = 128, symmetric: bool = True, act_order: bool = False,
+                        group_size: int | None = 128, symmetric: bool = True, act_order: bool = True,
                         percdamp: float = 0.01, true_sequential: bool = True, static_groups: bool = False,
                         skip: Sequence[str] = ("lm_head",), progress: bool = False) -> dict:
     """Quantise every linear in the model's blocks (but `skip`) with GPTQ, in place, block by block.

@@ -76,7 +76,7 @@ def quantize_model(model: nn.Module, method: str = "int8", group_size: int | Non
     """Replace every nn.Linear (except names ending in `skip`) by a quantised layer, in place; return the record.
 
     The model is frozen. `act_stats` (w8a8 only): {layer name: act_absmax (in,)} for SmoothQuant; each
-    quantised layer must have one. `per_tensor` (int8/int4): one scale per matrix (leave group_size None).
+    quantised layer must have one. `per_tensor` (int8/int4): one scale per matrix (group_size is then unused).
     """
     if method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
