@@ -1,6 +1,6 @@
 """Calibration: token windows from text, and what each linear layer's inputs look like on them.
 
-GPTQ, AWQ, SmolQuant-style scaling and Wanda all ask the same question of a few hundred calibration
+GPTQ, AWQ, SmoothQuant and Wanda all ask the same question of a few hundred calibration
 sequences: what reaches each `nn.Linear`? They need running sums, never the activations themselves:
 
     InputStats of a layer with input x (N tokens, in channels):

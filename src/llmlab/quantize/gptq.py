@@ -28,6 +28,11 @@ Details as in the reference implementation (github.com/IST-DASLab/gptq):
 
 With H = I there is nothing to compensate (H^-1 is diagonal) and GPTQ gives exactly RTN's codes.
 
+A footgun seen on SmolLM2: the first position of every window is an attention sink whose down_proj inputs
+are ~50x larger than the median token's, so it dominates X^T X and GPTQ trades other tokens' error for
+its own. Leaving that position out of H was worse still (perplexity 14.4 against RTN's 13.1): its outputs
+matter. Act-order is what helped (see above).
+
     codes, scales, zeros, loss = gptq_quantize_weight(w, stats.hessian, bits=4, group_size=128)
     record = gptq_quantize_model(model, batches, bits=4, group_size=128, act_order=True)
 

@@ -73,7 +73,8 @@ class QuantizeArgs(CalibrationArgs):
     group_size: int | None = arg(None, "columns sharing a scale (32-256; 0: per output channel); default: per "
                                        "channel for int8 and w8a8, 128 for int4, gptq and awq")
     symmetric: bool = arg(True, "symmetric absmax (no zero point); --no-symmetric for asymmetric zero-point")
-    act_order: bool = arg(False, "gptq: quantise columns in order of decreasing activation energy")
+    act_order: bool = arg(True, "gptq: quantise columns in order of decreasing activation energy (groups stay "
+                                "static, so it costs nothing at inference; without it GPTQ gained half as much)")
     out: str = arg("runs/quantized", "output folder (reopens with llmlab.load)")
 
 
