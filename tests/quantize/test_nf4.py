@@ -52,6 +52,11 @@ def test_nf4_linear_gradients_and_qlora():
     torch.testing.assert_close(y, torch.nn.functional.linear(x, q.dequantize(), lin.bias))
     y.sum().backward()
     torch.testing.assert_close(x.grad, torch.ones(2, 5, 32) @ q.dequantize())
+    # a bf16 input (autocast, or a bf16 model) against the float32 bias the layer was built with
+    xb = x.detach().bfloat16()
+    yb = q(xb)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb, torch.nn.functional.linear(xb, q.dequantize(torch.bfloat16), lin.bias.bfloat16()))
 
 
 def test_quantized_layers_are_recognised_by_type_and_dequantize_back():

@@ -64,11 +64,11 @@ def test_quantize_reopens_with_the_fast_layers(base, tmp_path, argv):
 def test_prune_and_export(base, tmp_path, capsys):
     calib = ["--calib", str(base / "calib.txt"), "--n-calib", "8", "--calib-seq-len", "32"]
     assert main(["prune", "--model", str(base / "tiny"), "--method", "wanda", "--sparsity", "0.5", *calib,
-                 "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+                 "--heldout-kb", "2", "--out", str(tmp_path / "p"), "--no-progress"]) == 0
     pruned = llmlab.load(tmp_path / "p").model
     w = pruned.blocks[0].mlp.up_proj.weight
     assert abs((w == 0).float().mean().item() - 0.5) < 0.01
-    assert main(["prune", "--model", str(base / "tiny"), "--method", "2:4", *calib, "--out", str(tmp_path / "p24"),
+    assert main(["prune", "--model", str(base / "tiny"), "--method", "2:4", *calib, "--heldout-kb", "0", "--out", str(tmp_path / "p24"),
                  "--no-progress"]) == 0
     assert json.loads((tmp_path / "p24" / "summary.json").read_text())["2:4"] is True
     assert main(["export", "gguf", "--model", str(tmp_path / "p"), "--type", "f32", "--out",
@@ -100,3 +100,28 @@ def test_compare_tabulates_every_row(base, tmp_path):
     assert rows[0]["ppl_change_pct"] == 0 and rows[1]["memory_mb"] < rows[0]["memory_mb"]
     assert abs(rows[1]["ppl_change_pct"]) < 5  # per-channel int8 barely moves a model's perplexity
     assert "| int8 |" in (tmp_path / "compare.md").read_text() and (tmp_path / "compare.png").is_file()
+
+
+def test_prune_with_recovery_and_the_sparsity_curve(base, tmp_path):
+    from llmlab.recipes.quantize import PruneCurveArgs, prune_curve
+
+    calib = ["--calib", str(base / "calib.txt"), "--n-calib", "8", "--calib-seq-len", "32"]
+    out = tmp_path / "rec"
+    assert main(["prune", "--model", str(base / "tiny"), "--method", "magnitude", "--sparsity", "0.6", *calib,
+                 "--recover-steps", "4", "--heldout-kb", "2", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recover_steps"] == 4 and summary["bits_per_byte_recovered"] > 0
+    assert summary["bits_per_byte_pruned"] != summary["bits_per_byte_dense"]
+    w = llmlab.load(out).model.blocks[1].mlp.down_proj.weight
+    assert abs((w == 0).float().mean().item() - 0.6) < 0.01  # recovery merged through the mask
+    assert main(["prune", "--model", str(base / "tiny"), "--recover-steps", "-1", "--out", str(tmp_path / "x")]) == 2
+    rows = prune_curve(PruneCurveArgs(model=str(base / "tiny"), methods=["magnitude", "wanda"], sparsities=[0.3, 0.7],
+                                      heldout_kb=2, calib=[str(base / "calib.txt")], n_calib=8, calib_seq_len=32,
+                                      out=str(tmp_path / "curve"), progress=False))
+    assert [(r["method"], r["sparsity"]) for r in rows] == [("dense", 0.0), ("magnitude", 0.3), ("magnitude", 0.7),
+                                                           ("wanda", 0.3), ("wanda", 0.7)]
+    magnitude = {r["sparsity"]: r["bits_per_byte"] for r in rows if r["method"] == "magnitude"}
+    assert magnitude[0.7] > magnitude[0.3]  # more zeros, more damage
+    assert (tmp_path / "curve" / "curve.png").is_file()
+    with pytest.raises(llmlab.common.errors.UserError, match="sparsities"):
+        prune_curve(PruneCurveArgs(model=str(base / "tiny"), sparsities=[1.5], out=str(tmp_path / "c2")))

@@ -21,7 +21,8 @@ class _DequantizedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layer, bias):
         ctx.layer = layer
-        return F.linear(x, layer.dequantize(x.dtype), bias)
+        # the bias is kept in the dtype the layer was built in; follow the input's (bf16 under autocast)
+        return F.linear(x, layer.dequantize(x.dtype), None if bias is None else bias.to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad_y):

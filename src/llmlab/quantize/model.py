@@ -58,6 +58,9 @@ def quantization_record(model: nn.Module, method: str, **settings) -> dict:
     return {"format": RECORD_VERSION, "method": method, **settings, "layers": layers}
 
 
+DEFAULT_GROUP = {"int8": None, "int4": 128}
+
+
 def _quantize_layer(linear: nn.Linear, method: str, group_size: int | None, symmetric: bool, per_tensor: bool,
                     act_absmax: torch.Tensor | None, alpha: float) -> QuantizedLinear:
     if method == "int8":
@@ -70,16 +73,19 @@ def _quantize_layer(linear: nn.Linear, method: str, group_size: int | None, symm
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, method: str = "int8", group_size: int | None = 128, symmetric: bool = True,
+def quantize_model(model: nn.Module, method: str = "int8", group_size: int | None | str = "default", symmetric: bool = True,
                    skip: Iterable[str] = ("lm_head",), act_stats: dict[str, torch.Tensor] | None = None,
                    progress: bool = False, per_tensor: bool = False, alpha: float = 0.5) -> dict:
     """Replace every nn.Linear (except names ending in `skip`) by a quantised layer, in place; return the record.
 
     The model is frozen. `act_stats` (w8a8 only): {layer name: act_absmax (in,)} for SmoothQuant; each
     quantised layer must have one. `per_tensor` (int8/int4): one scale per matrix (group_size is then unused).
+    group_size "default": per output channel for int8 (what its fast kernel takes), 128 for int4.
     """
     if method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    if group_size == "default":
+        group_size = DEFAULT_GROUP.get(method)
     if act_stats is not None and method != "w8a8":
         raise UserError(f"act_stats: only method w8a8 uses activation statistics (SmoothQuant); got method {method}")
     if per_tensor and method in ("int8", "int4"):

@@ -3,6 +3,8 @@
     llmlab quantize --model smollm2-135m-instruct --method int8 --out runs/int8
     llmlab quantize --model smollm2-135m-instruct --method gptq --group-size 128 --n-calib 128 --out runs/gptq
     llmlab prune --model smollm2-135m-instruct --method wanda --sparsity 0.5 --out runs/wanda50
+    llmlab prune --method 2:4 --recover-steps 40 --out runs/24-recovered
+    llmlab prune curve --methods magnitude wanda
     llmlab export gguf --model runs/speedrun --type q8_0 --out runs/speedrun.gguf
 
 Quantised and pruned outputs are llmlab checkpoints (safetensors + llmlab.json; a quantised one names its
@@ -25,6 +27,7 @@ from llmlab.data.sources import default_corpus, split_documents
 from llmlab.eval.perplexity import perplexity
 from llmlab.eval.runner import evaluate
 from llmlab.eval.tasks import resolve_task
+from llmlab.finetune.recover import recover_pruned
 from llmlab.infer.generate import generate, generate_batch
 from llmlab.loading import load
 from llmlab.quantize.awq import awq_quantize_model
@@ -118,6 +121,10 @@ class PruneArgs(CalibrationArgs):
     sparsity: float = arg(0.5, "share of each layer's weights set to zero (2:4 is always 0.5)")
     scope: str = arg("layer", "magnitude: one threshold per layer, or one global threshold",
                      choices=["layer", "global"])
+    recover_steps: int = arg(0, "then this many steps of LoRA recovery fine-tuning on calibration-style text, "
+                                "merged through the pruning masks so the zeros stay zero (0: none)")
+    recover_lr: float = arg(1e-3, "peak learning rate of the recovery run")
+    heldout_kb: float = arg(16.0, "KB of held-out text scored before and after (0: skip)")
     out: str = arg("runs/pruned", "output folder (reopens with llmlab.load)")
 
 
@@ -129,21 +136,113 @@ def prune(args: PruneArgs) -> dict:
         raise UserError(f"--sparsity {args.sparsity}: must be between 0 and 1")
     if Path(args.out).exists() and any(Path(args.out).iterdir()):
         raise UserError(f"--out {args.out}: folder is not empty; choose a new --out")
+    if args.recover_steps < 0:
+        raise UserError(f"--recover-steps {args.recover_steps}: must be 0 (no recovery) or more")
     seed_everything(args.seed)
     lm = load(args.model, device=resolve_device(args.device))
-    if args.method == "magnitude":
-        prune_magnitude(lm.model, args.sparsity, scope=args.scope)
-    elif args.method == "2:4":
-        prune_n_m(lm.model, 2, 4, batches=calibration(lm, args), progress=args.progress)
-    else:
-        prune_wanda(lm.model, calibration(lm, args), sparsity=args.sparsity, progress=args.progress)
+    heldout = heldout_text(args.heldout_kb)
+    bpb = (lambda: perplexity(lm, heldout, progress=args.progress)["bits_per_byte"]) if heldout else (lambda: None)
+    dense_bpb = bpb()
+    prune_model(lm, args.method, args.sparsity, args, scope=args.scope)
+    summary = {"method": args.method, "model": args.model, "bits_per_byte_dense": dense_bpb,
+               "bits_per_byte_pruned": bpb()}
+    if args.recover_steps:
+        # recovery trains on calibration windows (training text), never on the held-out documents
+        windows = calibration_batches(lm.tokenizer, args.calib or None, n=args.n_calib, seq_len=args.calib_seq_len,
+                                      seed=args.seed + 1, batch_size=4)
+        history = recover_pruned(lm.model, windows, args.recover_steps, lr=args.recover_lr, progress=args.progress)
+        summary.update(recover_steps=args.recover_steps, recover_loss_first=history[0]["loss"],
+                       recover_loss_last=history[-1]["loss"], bits_per_byte_recovered=bpb())
     report = sparsity_report(lm.model, skip=("lm_head",))
     kernel_ok, kernel_note = semi_structured_support(args.device if args.device != "auto" else None)
-    summary = {"method": args.method, "model": args.model, "sparsity": report["sparsity"], "2:4": report["2:4"],
-               "sparse_kernel": kernel_ok, "sparse_kernel_note": kernel_note}
+    summary.update({"sparsity": report["sparsity"], "2:4": report["2:4"], "sparse_kernel": kernel_ok,
+                    "sparse_kernel_note": kernel_note})
     save_compressed(lm, args.out, {"pruning": summary, "source": checkpoint.base_reference(args.model)}, summary)
-    log.info(f"pruned {report['sparsity']:.1%} of the block weights; {kernel_note}")
+    figures = ", ".join(f"{k.removeprefix('bits_per_byte_')} {v:.4f}" for k, v in summary.items()
+                        if k.startswith("bits_per_byte_") and v is not None)
+    log.info(f"pruned {report['sparsity']:.1%} of the block weights; {kernel_note}"
+             + (f"; held-out bits/byte: {figures}" if figures else ""))
     return summary
+
+
+def prune_model(lm, method: str, sparsity: float, calib: CalibrationArgs, scope: str = "layer") -> None:
+    if method == "magnitude":
+        prune_magnitude(lm.model, sparsity, scope=scope)
+    elif method == "2:4":
+        prune_n_m(lm.model, 2, 4, batches=calibration(lm, calib), progress=calib.progress)
+    else:
+        prune_wanda(lm.model, calibration(lm, calib), sparsity=sparsity, progress=calib.progress)
+
+
+def heldout_text(kb: float) -> list[str]:
+    """Whole documents of the default corpus' validation split, up to `kb` kilobytes (the last one cut)."""
+    _, val = split_documents(default_corpus())
+    heldout, budget = [], int(kb * 1000)
+    for _, text in val:
+        if budget <= 0:
+            break
+        heldout.append(text[:budget])
+        budget -= len(heldout[-1])
+    return heldout
+
+
+@dataclass
+class PruneCurveArgs(CalibrationArgs):
+    model: str = arg("smollm2-135m-instruct", "model to prune at each sparsity")
+    methods: list[str] = arg(["magnitude", "wanda"], "pruning methods, one curve each",
+                             choices=["magnitude", "wanda"])
+    sparsities: list[float] = arg([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], "sparsities to measure")
+    heldout_kb: float = arg(16.0, "KB of held-out text (the default corpus' validation split)")
+    out: str = arg("runs/prune-curve", "folder for curve.md, curve.json and curve.png")
+
+
+def prune_curve(args: PruneCurveArgs) -> list[dict]:
+    """`llmlab prune curve`: held-out bits per byte against sparsity, one curve per method, plotted."""
+    bad = [s for s in args.sparsities if not 0 < s < 1]
+    if bad or not args.sparsities:
+        raise UserError(f"--sparsities {' '.join(map(str, args.sparsities))}: give values between 0 and 1")
+    heldout = heldout_text(args.heldout_kb)
+    if not heldout:
+        raise UserError(f"--heldout-kb {args.heldout_kb}: must be more than 0")
+    lm = load(args.model, device=resolve_device(args.device))
+    rows = [{"method": "dense", "sparsity": 0.0,
+             "bits_per_byte": perplexity(lm, heldout, progress=args.progress)["bits_per_byte"]}]
+    for method in args.methods:
+        for sparsity in sorted(args.sparsities):
+            log.info(f"prune curve: {method} at {sparsity:.0%}")
+            lm = load(args.model, device=resolve_device(args.device))
+            prune_model(lm, method, sparsity, args)
+            rows.append({"method": method, "sparsity": sparsity,
+                         "bits_per_byte": perplexity(lm, heldout, progress=args.progress)["bits_per_byte"]})
+            write_json_atomic(Path(args.out) / "curve.json", rows)
+    write_json_atomic(Path(args.out) / "curve.json", rows)
+    plot_curve(rows, Path(args.out) / "curve.png")
+    table = "| method | sparsity | bits/byte |\n|---|---|---|\n" + "".join(
+        f"| {r['method']} | {r['sparsity']:.0%} | {r['bits_per_byte']:.4f} |\n" for r in rows)
+    write_text_atomic(Path(args.out) / "curve.md", f"# Sparsity against held-out bits per byte: {args.model}\n\n"
+                      f"{table}\n![bits per byte against sparsity](curve.png)\n")
+    log.info(table)
+    return rows
+
+
+def plot_curve(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    dense = rows[0]["bits_per_byte"]
+    for method in dict.fromkeys(r["method"] for r in rows[1:]):
+        points = [(0.0, dense)] + [(r["sparsity"], r["bits_per_byte"]) for r in rows if r["method"] == method]
+        ax.plot([100 * x for x, _ in points], [y for _, y in points], marker="o", label=method)
+    ax.set_xlabel("sparsity of the block weights (%)")
+    ax.set_ylabel("held-out bits per byte (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
 
 
 @dataclass
@@ -216,13 +315,7 @@ def _speed(lm, n_new: int) -> dict:
 
 def compare(args: CompareArgs) -> list[dict]:
     """`llmlab quantize compare`: every method on one model: size, perplexity, accuracy and speed, tabulated."""
-    _, val = split_documents(default_corpus())
-    heldout, budget = [], int(args.heldout_kb * 1000)
-    for _, text in val:  # whole documents until the budget is spent
-        if budget <= 0:
-            break
-        heldout.append(text[:budget])
-        budget -= len(heldout[-1])
+    heldout = heldout_text(args.heldout_kb)
     rows = []
     for name in args.configs:
         log.info(f"quantize compare: {name}")
