@@ -54,7 +54,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("prune", "curve"): ("llmlab.recipes.quantize", "PruneCurveArgs", "prune_curve",
                          "held-out bits per byte against sparsity for magnitude and wanda, plotted"),
     ("export", "gguf"): ("llmlab.recipes.quantize", "ExportArgs", "export",
-                         "write a GGUF file that llama.cpp runs (f16, q8_0, q4_0)"),
+                         "write a GGUF file that llama.cpp runs (f16, q8_0, q4_0, q6_k, q4_k)"),
     ("finetune", "classify"): ("llmlab.recipes.classify", "ClassifyArgs", "run",
                                "train a classification head on the last token; accuracy and confusion matrix"),
 }

@@ -13,10 +13,10 @@ import torch
 import llmlab
 from llmlab.common.errors import UserError
 from llmlab.models.config import get_preset
-from llmlab.models.gguf import unpermute_rope
+from llmlab.models.gguf import dequantize, unpermute_rope
 from llmlab.models.gpt import Transformer
-from llmlab.quantize.gguf_export import export_gguf, gguf_roundtrip, llama_cpp_pre, permute_rope
-from llmlab.quantize.gguf_quants import quantize_q4_0, quantize_q8_0
+from llmlab.quantize.gguf_export import export_gguf, gguf_roundtrip, llama_cpp_pre, permute_rope, tensor_type
+from llmlab.quantize.gguf_quants import quantize_q4_0, quantize_q4_k, quantize_q6_k, quantize_q8_0
 from llmlab.tokenizer import Tokenizer, patterns
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -54,6 +54,35 @@ def test_block_quantisers_are_byte_identical_to_gguf(qtype):
         assert np.array_equal(ours(w), gguf.quants.quantize(w, oracle))
     w = _edge_cases(rng)
     assert np.array_equal(ours(w), gguf.quants.quantize(w, oracle))
+
+
+K_QUANTS = {"q6_k": (quantize_q6_k, "Q6_K", 0.02), "q4_k": (quantize_q4_k, "Q4_K", 0.12)}
+
+
+@pytest.mark.parametrize("qtype", list(K_QUANTS))
+def test_k_quants_decode_alike_in_gguf_and_llmlab_and_stay_close(qtype):
+    """No reference encoder exists outside llama.cpp's C code, so: the `gguf` package's decoder and llmlab's
+    reader give the same floats from our bytes, every weight is within half a step of its original, and the
+    relative RMS error is what 6 and 4 bits allow."""
+    ours, type_name, rms_bound = K_QUANTS[qtype]
+    rng = np.random.default_rng(0)
+    w = np.concatenate([rng.standard_normal((16, 512)).astype(np.float32) * 0.05,
+                        np.repeat(_edge_cases(rng), 8, axis=1)[:, :512]])  # (40, 512)
+    w[-1] = np.abs(w[-1]) + 0.5  # all positive, far from 0: Q4_K's minimum is still 0
+    raw = ours(w)
+    assert raw.shape == (40, 512 // 256 * {"Q6_K": 210, "Q4_K": 144}[type_name])
+    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[type_name])
+    mine = dequantize(np.ascontiguousarray(raw), type_name, w.shape).numpy()
+    np.testing.assert_array_equal(mine, theirs)
+    normal = w[:16]
+    rel = np.sqrt(((mine[:16] - normal) ** 2).mean() / (normal ** 2).mean())
+    assert rel < rms_bound, rel
+    # a sub-block's range / levels is its step: rounding makes half a step of error, and rounding the
+    # scales themselves to 6 or 8 bits a little more; a whole step bounds both (rows of similar scale)
+    levels, sub = {"Q6_K": (63, 16), "Q4_K": (15, 32)}[type_name]
+    step = np.ptp(normal.reshape(16, -1, sub), axis=2) / levels  # (16, sub-blocks)
+    assert (np.abs(mine[:16] - normal).reshape(16, -1, sub).max(axis=2) <= step).all()
+    assert np.isfinite(mine).all() and (mine[16] == 0).all()  # the all-zero edge row stays zero
 
 
 def test_q8_0_worked_example():
@@ -96,11 +125,13 @@ CASES = {  # name -> (preset, overrides, llama.cpp architecture)
     "llama-untied-padded": ("llama-tiny", {"tie_embeddings": False, "vocab_size": 576}, "llama"),
     "qwen2": ("llama-tiny", {"qkv_bias": True}, "qwen2"),
     "gpt2": ("gpt2-tiny", {}, "gpt2"),
+    "llama-256": ("llama-tiny", {"n_embd": 256}, "llama"),  # rows of 256: K-quants apply (64 falls back)
 }
 
 
 ROUND_TRIPS = [(case, qtype) for case in ("llama", "gpt2") for qtype in ("f16", "q8_0", "q4_0")]
-ROUND_TRIPS += [("llama-untied-padded", "q4_0"), ("qwen2", "q8_0")]
+ROUND_TRIPS += [("llama-untied-padded", "q4_0"), ("qwen2", "q8_0"), ("llama-256", "q6_k"), ("llama-256", "q4_k"),
+                ("llama", "q4_k")]
 
 
 @pytest.mark.parametrize("case, qtype", ROUND_TRIPS)
@@ -123,7 +154,13 @@ def test_export_reopens_with_the_same_logits_and_ids(case, qtype, tokenizer, tmp
     fields = gguf.GGUFReader(path)
     types = {t.name: t.tensor_type.name for t in fields.tensors}
     assert fields.fields["general.architecture"].contents() == arch
-    assert types["token_embd.weight"] == qtype.upper() and types["blk.0.ffn_down.weight"] == qtype.upper()
+    sd = dict(model.state_dict())
+    want = {g: tensor_type(g, sd[n], qtype) for g, n in (("token_embd.weight", "tok_emb.weight"),
+                                                          ("blk.0.ffn_down.weight", "blocks.0.mlp.down_proj.weight"))
+            if n in sd}
+    assert {g: types[g] for g in want} == want
+    assert want["token_embd.weight"] == (qtype.upper() if model.config.n_embd % 256 == 0 or "_k" not in qtype
+                                         else {"q4_k": "Q4_0", "q6_k": "Q8_0"}[qtype])
     assert types["output_norm.weight"] == "F32" and types["blk.1.attn_norm.weight"] == "F32"
     assert ("output.weight" in types) == (not model.config.tie_embeddings)
     assert fields.fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
@@ -270,7 +307,9 @@ def test_llama_cpp_logits_match_on_tiny_models(case, tokenizer, tmp_path):
     preset, overrides, _ = CASES[case]
     model = _tiny(preset, **overrides)
     ids = tokenizer.encode(SAMPLE)
-    for qtype, atol in (("f32", 1e-3), ("q8_0", 0.05)):  # q8_0: llama.cpp also rounds activations to Q8_0
+    # q8_0: llama.cpp also rounds activations to Q8_0 (K-quants: to Q8_K), which moves logits a little
+    qtypes = (("f32", 1e-3), ("q8_0", 0.05)) + ((("q6_k", 0.05), ("q4_k", 0.1)) if case == "llama-256" else ())
+    for qtype, atol in qtypes:
         path = export_gguf(model, tokenizer, tmp_path / f"{qtype}.gguf", qtype=qtype)
         llm = _llama_cpp(path)
         llm.eval(ids)
@@ -286,7 +325,7 @@ def smollm2():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "f16"])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "f16", "q6_k", "q4_k"])
 def test_llama_cpp_agrees_with_llmlab_on_smollm2(smollm2, qtype, tmp_path):
     path = export_gguf(smollm2.model, smollm2.tokenizer, tmp_path / f"smol.{qtype}.gguf", qtype=qtype)
     _check_against_llama_cpp(path, PROMPTS, exact=qtype == "f16")

@@ -68,7 +68,8 @@ def test_prune_and_export(base, tmp_path, capsys):
     pruned = llmlab.load(tmp_path / "p").model
     w = pruned.blocks[0].mlp.up_proj.weight
     assert abs((w == 0).float().mean().item() - 0.5) < 0.01
-    assert main(["prune", "--model", str(base / "tiny"), "--method", "2:4", *calib, "--heldout-kb", "0", "--out", str(tmp_path / "p24"),
+    assert main(["prune", "--model", str(base / "tiny"), "--method", "2:4", *calib, "--heldout-kb", "0",
+                 "--out", str(tmp_path / "p24"),
                  "--no-progress"]) == 0
     assert json.loads((tmp_path / "p24" / "summary.json").read_text())["2:4"] is True
     assert main(["export", "gguf", "--model", str(tmp_path / "p"), "--type", "f32", "--out",

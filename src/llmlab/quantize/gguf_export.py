@@ -40,13 +40,14 @@ from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write
 from llmlab.models.config import ModelConfig
 from llmlab.models.gguf import KEYS, dequantize
-from llmlab.quantize.gguf_quants import QUANTIZERS
+from llmlab.quantize.gguf_quants import K_FALLBACK, QK_K, QUANTIZERS
 from llmlab.quantize.linear import QuantizedLinear, dequantize_model
 from llmlab.tokenizer import patterns
 from llmlab.tokenizer.formats import bytes_to_token
 
 # qtype -> (ggml tensor type of the quantised matrices, general.file_type: llama.cpp's LLAMA_FTYPE_*)
-QTYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "q4_0": ("Q4_0", 2), "q8_0": ("Q8_0", 7)}
+QTYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "q4_0": ("Q4_0", 2), "q8_0": ("Q8_0", 7), "q4_k": ("Q4_K", 14),
+          "q6_k": ("Q6_K", 18)}
 # split regex -> llama.cpp pre-tokenizer name with the same split (llama-vocab.cpp). GPT-4's pattern and
 # Llama 3's split text identically (possessive `?+`/`++` never give anything back there), so both are llama-bpe.
 LLAMA_CPP_PRE = {patterns.GPT2: "gpt-2", patterns.GPT2_SPLIT_DIGITS: "smollm", patterns.GPT4: "llama-bpe",
@@ -195,7 +196,10 @@ def tensor_type(gguf_name: str, tensor: torch.Tensor, qtype: str) -> str:
     """The ggml type a tensor is stored as: matrices get qtype's, the rest (norms, biases, positions) F32."""
     if tensor.dim() != 2 or gguf_name == "position_embd.weight":
         return "F32"
-    return QTYPES[qtype][0]
+    ggml_type = QTYPES[qtype][0]
+    if ggml_type in K_FALLBACK and tensor.shape[1] % QK_K:
+        return K_FALLBACK[ggml_type]  # rows of e.g. 576 weights do not split into super-blocks of 256
+    return ggml_type
 
 
 def encode_tensor(gguf_name: str, tensor: torch.Tensor, ggml_type: str) -> np.ndarray:
@@ -232,7 +236,8 @@ def export_gguf(model: nn.Module, tokenizer, path: str | Path, qtype: str = "q8_
                 progress: bool = False) -> Path:
     """Write `model` and `tokenizer` to one GGUF file at `path` (atomically) and return the path.
 
-    qtype: "f32", "f16", "q8_0" or "q4_0", the type of every weight matrix; the rest stays float32.
+    qtype: "f32", "f16", "q8_0", "q4_0", "q6_k" or "q4_k", the type of every weight matrix; the rest stays
+    float32. A K-quant matrix whose rows are not a multiple of 256 is stored as Q8_0 (q6_k) or Q4_0 (q4_k).
     """
     import gguf
     from tqdm import tqdm

@@ -73,9 +73,10 @@ def _quantize_layer(linear: nn.Linear, method: str, group_size: int | None, symm
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, method: str = "int8", group_size: int | None | str = "default", symmetric: bool = True,
-                   skip: Iterable[str] = ("lm_head",), act_stats: dict[str, torch.Tensor] | None = None,
-                   progress: bool = False, per_tensor: bool = False, alpha: float = 0.5) -> dict:
+def quantize_model(model: nn.Module, method: str = "int8", group_size: int | None | str = "default",
+                   symmetric: bool = True, skip: Iterable[str] = ("lm_head",),
+                   act_stats: dict[str, torch.Tensor] | None = None, progress: bool = False, per_tensor: bool = False,
+                   alpha: float = 0.5) -> dict:
     """Replace every nn.Linear (except names ending in `skip`) by a quantised layer, in place; return the record.
 
     The model is frozen. `act_stats` (w8a8 only): {layer name: act_absmax (in,)} for SmoothQuant; each

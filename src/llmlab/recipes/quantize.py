@@ -249,7 +249,8 @@ def plot_curve(rows: list[dict], path: Path) -> None:
 class ExportArgs:
     model: str = arg("smollm2-135m-instruct", "model to export: anything llmlab.load opens (a run folder, a "
                                               "quantised folder, a GGUF, an alias)")
-    type: str = arg("q8_0", "GGUF tensor type for the weight matrices", choices=["f32", "f16", "q8_0", "q4_0"])
+    type: str = arg("q8_0", "GGUF tensor type for the weight matrices",
+                    choices=["f32", "f16", "q8_0", "q4_0", "q6_k", "q4_k"])
     out: str = arg("runs/model.gguf", "the .gguf file to write")
     progress: bool = arg(True, "show a progress bar")
 
