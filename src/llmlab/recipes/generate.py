@@ -26,6 +26,8 @@ class GenerateArgs(SamplingArgs, RuntimeArgs):
     min_new_tokens: int = arg(0, "tokens to generate before EOS may end the text")
     stop: list[str] = arg([], "strings that end the text (not printed)")
     truncate: bool = arg(False, "keep the end of a prompt longer than the context window instead of failing")
+    device_map: str | None = arg(None, "spread the layers over devices: auto, balanced, or '0:0-15,1:16-31,cpu:rest' "
+                                       "(see llmlab.models.device_map)")
 
 
 def run(args: GenerateArgs) -> str:
@@ -34,7 +36,8 @@ def run(args: GenerateArgs) -> str:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = llmlab.load(args.checkpoint, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype))
+    loaded = llmlab.load(args.checkpoint, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype),
+                         device_map=args.device_map)
     tok = loaded.tokenizer
     if tok is None:
         raise UserError(f"{args.checkpoint}: has no tokenizer, so text cannot be encoded")

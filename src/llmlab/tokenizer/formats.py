@@ -121,6 +121,10 @@ def load_hf(path: Path) -> Tokenizer:
         model = d["model"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a readable tokenizer.json ({e!r})") from None
+    if model.get("type") == "WordPiece":  # BERT's vocabularies: their own encoder
+        from llmlab.tokenizer.wordpiece import load_hf_wordpiece
+
+        return load_hf_wordpiece(path)
     if model.get("type") != "BPE" or model.get("byte_fallback") or model.get("continuing_subword_prefix") \
             or model.get("end_of_word_suffix") or d.get("normalizer"):
         raise UserError(f"{path}: only byte-level BPE without a normalizer is supported "
@@ -308,6 +312,10 @@ def load_any(path: str | Path) -> Tokenizer:
         except (ValueError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: corrupt tokenizer file (invalid JSON: {e}); re-save or re-download "
                             "it") from None
+        if isinstance(d, dict) and d.get("format") == "llmlab-wordpiece":
+            from llmlab.tokenizer.wordpiece import WordPieceTokenizer
+
+            return WordPieceTokenizer.from_dict(d, name=str(path))
         if isinstance(d, dict) and "format" in d:
             return Tokenizer.from_dict(d, name=str(path))
         if isinstance(d, dict) and "model" in d:

@@ -47,6 +47,7 @@ class LoopSettings:
     skip_bad_steps: int = 0  # how many non-finite steps may be skipped before stopping; 0 stops at the first
     flops_per_token: float | None = None
     progress: bool = True
+    show: tuple[str, ...] = ()  # more keys of the loss_fn's per-step metrics for the progress bar
 
 
 @dataclass
@@ -87,14 +88,19 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
                    progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum, n_tokens = 0.0, 0
+        loss_sum, n_tokens, metrics = 0.0, 0, {}
         for _ in range(settings.grad_accum):
             batch = next_batch()
             with amp:
-                loss = loss_fn(model, batch) / settings.grad_accum
+                out = loss_fn(model, batch)
+            # a loss_fn may also return {name: number} to log per step (DPO's rewards/margins), averaged
+            loss, extra = out if isinstance(out, tuple) else (out, {})
+            loss = loss / settings.grad_accum
             loss.backward()
             loss_sum += loss.item()
             n_tokens += batch[0].numel()
+            for k, v in extra.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / settings.grad_accum
         if not math.isfinite(loss_sum):
             optimizer.zero_grad(set_to_none=True)
             state.bad_steps += 1
@@ -114,7 +120,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
         state.tokens_seen += n_tokens
         state.elapsed_s = start_elapsed + time.perf_counter() - start_time
         row = {"step": state.step, "loss": loss_sum, "lr": lr, "tokens_per_s": n_tokens / dt,
-               "grad_norm": float(grad_norm) if grad_norm is not None else None}
+               "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics}
         if settings.flops_per_token and peak:
             row["mfu"] = settings.flops_per_token * n_tokens / dt / peak
         last = state.step == settings.max_steps
@@ -126,7 +132,8 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
             model.train()
         state.history.append(row)
         bar.update(min(round(state.elapsed_s), bar.total) - bar.n if by_time else 1)
-        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss", "tokens_per_s", "mfu") if k in row})
+        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss", "tokens_per_s", "mfu", *settings.show)
+                         if k in row})
         if save is not None and (last or stop_now or (settings.ckpt_interval
                                                      and state.step % settings.ckpt_interval == 0)):
             save(state)
