@@ -77,6 +77,11 @@ def test_greedy_completions_equal_generate_for_text_ids_and_lists(serve, lm):
     assert [streamed[i] for i in range(3)] == expected
     default = c.completions.create(model="tiny-chat", prompt="x", temperature=0)
     assert default.usage.completion_tokens <= 16  # OpenAI's default max_tokens for completions
+    full = c.completions.create(model="tiny-chat", prompt="x", max_tokens=40, temperature=0,
+                                extra_body={"ignore_eos": True})  # vLLM's extension, for load tests
+    assert full.usage.completion_tokens == 40
+    assert full.choices[0].text == "".join(stream_text(lm.generate("x", 40, temperature=0, eos_id=None,
+                                                                   text=False), lm.tokenizer))
 
 
 def test_seeded_choices_equal_generate_with_seed_plus_i(serve, lm):

@@ -6,7 +6,9 @@ silent coercion, and so is NaN or infinity. The bounds follow OpenAI's API
 reference: temperature in [0, 2], top_p in (0, 1], at most 4 stop strings,
 top_logprobs up to 20 (chat) and logprobs up to 5 (completions). Unknown
 fields are ignored, as OpenAI-compatible servers do, except sampling knobs this
-server cannot honour, which are refused rather than silently dropped.
+server cannot honour, which are refused rather than silently dropped. One
+extension, as vLLM has it: `ignore_eos` (generate max_tokens whatever the model
+says; load tests want fixed output lengths).
 
 Every error answers with OpenAI's body (the `openai` client raises
 `BadRequestError` etc. from it):
