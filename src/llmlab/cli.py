@@ -71,6 +71,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                            "pretrain a T5-style encoder-decoder with span corruption"),
     ("translate",): ("llmlab.recipes.architectures", "TranslateArgs", "translate",
                      "encoder-decoder vs decoder-only (and an encoder) on number-phrase translation"),
+    ("fundamentals", "autograd"): ("llmlab.recipes.fundamentals", "AutogradArgs", "autograd",
+                                   "a scalar autograd engine trains an MLP on two moons; gradients vs torch"),
+    ("fundamentals", "backprop"): ("llmlab.recipes.fundamentals", "BackpropArgs", "backprop",
+                                   "backprop by hand through one transformer block, checked against torch.autograd"),
+    ("fundamentals", "ngram"): ("llmlab.recipes.fundamentals", "NgramArgs", "ngram",
+                                "character n-grams (add-k, Kneser-Ney): perplexity against n, and a tiny Transformer"),
     ("finetune", "classify"): ("llmlab.recipes.classify", "ClassifyArgs", "run",
                                "train a classification head on the last token; accuracy and confusion matrix"),
 }

@@ -98,3 +98,21 @@ def test_component_errors_name_the_flag_on_the_command_line():
     msg = "d.jsonl:2: bad; fix the row, or set skip_bad_rows to skip such rows (runs/skip_bad_rows/x, max_steps.)"
     assert as_flags(msg, FinetuneArgs) == ("d.jsonl:2: bad; fix the row, or set --skip-bad-rows to skip such rows "
                                            "(runs/skip_bad_rows/x, --max-steps.)")
+
+
+def test_every_command_row_names_a_recipe_that_exists(capsys):
+    """A typo in the command table would only show when a user types that command: import each one."""
+    import dataclasses
+    import importlib
+
+    from llmlab.cli import COMMANDS
+
+    for words, (module, args_name, run_name, help_text) in COMMANDS.items():
+        recipe = importlib.import_module(module)
+        assert dataclasses.is_dataclass(getattr(recipe, args_name)), words
+        assert callable(getattr(recipe, run_name)), words
+        assert help_text and module.startswith("llmlab.recipes."), words
+        with pytest.raises(SystemExit) as e:
+            main([*words, "--help"])
+        assert e.value.code == 0, words
+        assert "usage: llmlab " + " ".join(words) in capsys.readouterr().out

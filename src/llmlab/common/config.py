@@ -53,7 +53,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             default = f.default_factory()  # type: ignore[misc]
         if default not in (None, [], ""):
             help_text += f" (default: {default})"
-        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        # argparse %-formats help strings: a literal % ("wanda-50%", "80%") must be doubled
+        kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%"), "default": argparse.SUPPRESS}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         names = ["--" + f.name.replace("_", "-")]
