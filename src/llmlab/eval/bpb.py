@@ -32,12 +32,15 @@ def token_byte_lengths(tokenizer) -> torch.Tensor:
 
 
 def model_bpb(model: torch.nn.Module, tokenizer, data_dir: str | Path, batch_size: int = 16,
-              max_tokens: int | None = None, autocast_dtype: torch.dtype | None = None) -> dict:
-    """Bits per byte of `model` over the validation split, every token predicted once."""
+              max_tokens: int | None = None, autocast_dtype: torch.dtype | None = None,
+              seq_len: int | None = None) -> dict:
+    """Bits per byte of `model` over the validation split, every token predicted once, in windows of
+    `seq_len` tokens (default: the model's context)."""
     lengths = token_byte_lengths(tokenizer)
     n_bytes = 0
     batches = []
-    for idx, targets in sequential_windows(data_dir, "val", batch_size, model.config.seq_len, max_tokens):
+    windows = sequential_windows(data_dir, "val", batch_size, seq_len or model.config.seq_len, max_tokens)
+    for idx, targets in windows:
         n_bytes += int(lengths[targets.clamp(min=0)][targets != IGNORE_INDEX].sum())
         batches.append((idx, targets))
     nats, n_tokens = heldout_loss(model, batches, autocast_dtype)

@@ -59,7 +59,8 @@ class Plan:
         """Placement of a weight by its name: blocks.{i}.* with layer i, embeddings first, norm and head last."""
         if name.startswith("blocks."):
             return self.layers[int(name.split(".")[1])]
-        if name.startswith(("tok_emb.", "pos_emb.", "rope_inv_freq")) or (tied and name.startswith("lm_head.")):
+        first = ("tok_emb.", "pos_emb.", "emb_norm.", "rope_inv_freq")
+        if name.startswith(first) or (tied and name.startswith("lm_head.")):
             return self.layers[0]
         return self.layers[-1]
 
@@ -217,7 +218,7 @@ def dispatch(model: Transformer, plan: Plan) -> Transformer:
     if getattr(model, "device_plan", None) is not None:
         raise ValueError("this model is already dispatched; load it again to place it differently")
     tied = model.config.tie_embeddings
-    parts = [(model.tok_emb, plan.layers[0]), (model.pos_emb, plan.layers[0]),
+    parts = [(model.tok_emb, plan.layers[0]), (model.pos_emb, plan.layers[0]), (model.emb_norm, plan.layers[0]),
              *zip(model.blocks, plan.layers, strict=True), (model.norm_f, plan.layers[-1]),
              (model.lm_head, plan.layers[0] if tied else plan.layers[-1])]
     model.offloads = []

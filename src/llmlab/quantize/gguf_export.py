@@ -58,6 +58,12 @@ OURS_TO_GGUF = {ours: theirs for theirs, ours in KEYS.items()}
 
 def gguf_arch(config: ModelConfig) -> str:
     """The llama.cpp architecture for a config: "gpt2", "llama" or "qwen2"; UserError naming the field if none."""
+    for name, value, plain in (("n_expert", config.n_expert, 0), ("norm_placement", config.norm_placement, "pre"),
+                               ("qk_norm", config.qk_norm, "none"), ("emb_norm", config.emb_norm, False),
+                               ("o_bias", config.o_bias, config.bias)):
+        if value != plain:
+            raise UserError(f"GGUF export: {name}={value!r} is not supported; llmlab exports gpt2, llama and "
+                            "qwen2 shapes only")
     if config.pos == "learned" and config.norm == "layernorm" and config.mlp == "gelu":
         for ok, what in ((config.bias and config.qkv_bias, "bias=False: llama.cpp's gpt2 needs every bias"),
                          (config.n_kv_head == config.n_head, f"n_kv_head={config.n_kv_head}: gpt2 has no GQA"),

@@ -24,6 +24,8 @@ from llmlab.eval.loss import mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
 from llmlab.models.gpt import count_parameters, flops_per_token
 from llmlab.train.loop import LoopSettings, TrainState, train_loop
+from llmlab.train.moe_loss import moe_lm_loss
+from llmlab.train.objectives import lm_loss
 from llmlab.train.optim import make_adamw
 
 
@@ -83,8 +85,10 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
 
     settings.flops_per_token = settings.flops_per_token or flops_per_token(model_config)
     t0 = time.perf_counter()
+    # a mixture of experts also minimises its router's balance and z losses (llmlab.train.moe_loss)
+    loss_fn = moe_lm_loss if model_config.n_expert else lm_loss
     state = train_loop(train_model, optimizer, next_batch, settings, state, evaluate=evaluate, save=save,
-                       autocast_dtype=amp_dtype)
+                       loss_fn=loss_fn, autocast_dtype=amp_dtype)
     wall = time.perf_counter() - t0
     rows = state.history
     trained = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][-50:]
