@@ -20,6 +20,8 @@ class PrepareArgs:
     vocab_size: int = arg(4096, "vocabulary size of the tokenizer to train")
     tokenizer_mb: float = arg(4.0, "train the tokenizer on at most this many MB of text")
     val_fraction: float = arg(0.05, "share of documents held out for validation")
+    pipeline: str | None = arg(None, "clean the training documents with this pipeline file (TOML/JSON) before "
+                                     "tokenising; the held-out split stays raw, so runs compare on the same text")
 
 
 def run(args: PrepareArgs) -> dict:
@@ -29,6 +31,14 @@ def run(args: PrepareArgs) -> dict:
         raise UserError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
     docs = read_documents(args.data) if args.data else default_corpus()
     train_docs, val_docs = split_documents(docs, args.val_fraction)
+    if args.pipeline:
+        from pathlib import Path
+
+        from llmlab.data.pipeline import load_pipeline, process_documents
+        from llmlab.recipes.shared import eval_task_texts
+
+        pipe = load_pipeline(args.pipeline, resolve_task=eval_task_texts)
+        train_docs, _ = process_documents(train_docs, pipe, Path(args.out) / "pipeline")
     if args.tokenizer:
         tokenizer = Tokenizer.load(args.tokenizer)
     else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmlab.common.config import arg
+from llmlab.common.errors import UserError
 
 
 @dataclass
@@ -36,3 +37,14 @@ class RuntimeArgs:
     device: str = arg("cpu", "cpu, cuda or auto")
     dtype: str = arg("float32", "float32, bfloat16 or float16")
     threads: int | None = arg(None, "CPU threads for torch (default: torch's choice)")
+
+
+def eval_task_texts(name: str) -> list[str]:
+    """A built-in evaluation task's texts (the string fields of each row), for the data pipeline's
+    decontamination stage, which sits below evaluation and so cannot read the tasks itself."""
+    from llmlab.eval.builtin import ROWS, builtin_rows
+
+    if name not in ROWS:
+        raise UserError(f"tasks: unknown evaluation task {name!r}; built-in tasks: {', '.join(ROWS)}")
+    return ["\n".join(v for k, v in row.items() if isinstance(v, str) and not k.startswith("_"))
+            for row in builtin_rows(name)]

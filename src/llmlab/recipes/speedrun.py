@@ -41,6 +41,8 @@ SAMPLE_PROMPTS = ["def ", "import os\n", "class ", "    def __init__(self"]
 class SpeedrunArgs:
     out: str = arg("runs/speedrun", "run folder for data, checkpoint and report")
     data: list[str] = arg([], "text files/folders/.jsonl/.parquet; default: Python's own standard library")
+    pipeline: str | None = arg(None, "clean the training documents with this pipeline file (TOML/JSON) before "
+                                     "tokenising; the held-out split stays raw, so runs compare on the same text")
     preset: str = arg("llama-tiny", "model preset", choices=sorted(PRESETS))
     vocab_size: int = arg(4096, "tokenizer vocabulary size")
     tokenizer_mb: float = arg(4.0, "MB of text to train the tokenizer on")
@@ -116,6 +118,12 @@ def run(args: SpeedrunArgs) -> dict:
     if not (data_dir / "manifest.json").exists():
         docs = read_documents(args.data) if args.data else default_corpus()
         train_docs, val_docs = split_documents(docs)
+        if args.pipeline:
+            from llmlab.data.pipeline import load_pipeline, process_documents
+            from llmlab.recipes.shared import eval_task_texts
+
+            pipe = load_pipeline(args.pipeline, resolve_task=eval_task_texts)
+            train_docs, _ = process_documents(train_docs, pipe, out / "pipeline")
         sample = leading_text(train_docs, int(args.tokenizer_mb * 1e6))
         log.info(f"[1/4] tokenizer: {args.vocab_size} tokens from {len(sample) / 1e6:.1f}M characters")
         tokenizer = Tokenizer.train(sample, args.vocab_size, progress=args.progress)
