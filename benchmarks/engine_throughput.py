@@ -7,9 +7,12 @@ every request makes exactly its own number of tokens) go through:
     previous one finishes (a closed loop), for C in --concurrency;
   - with --hf, transformers' `generate` over static batches of C requests (left padding; a batch runs
     until its longest request is done, and only each request's own tokens count).
-Throughput is generated tokens per second of wall time, prefill included. Greedy outputs are checked
-against `generate` (a mismatch is printed; with float32 a near-tie can rarely flip a token). Numbers on a
-shared machine are noisy: run it when the machine is otherwise idle. The last line is JSON.
+Throughput is generated tokens per second, prefill included, twice: per second of wall time, and per
+second of this process's CPU time. On a shared machine other processes take cores away at random moments,
+which changes wall time but not the CPU seconds the work needs; with --threads 1 the CPU figure is the
+steadier one (with more threads, spinning OpenMP workers count too). Run it on an idle machine for wall-clock
+numbers. Greedy outputs are checked against `generate` (a mismatch is counted; with float32 a near-tie can
+rarely flip a token). The last line is JSON.
 
     .venv/bin/python benchmarks/engine_throughput.py --threads 2
 """
@@ -39,19 +42,23 @@ def make_requests(n: int, prompt_range: tuple[int, int], new_range: tuple[int, i
     return out
 
 
-def run_sequential(model, requests: list) -> tuple[float, list[list[int]]]:
-    t0 = time.perf_counter()
-    outs = [generate(model, prompt, m, temperature=0) for prompt, m in requests]
-    return time.perf_counter() - t0, outs
+def timed(fn):
+    """(fn's result, wall seconds, process CPU seconds)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_engine(model, requests: list, concurrency: int, prefill_chunk: int) -> tuple[float, list[list[int]], dict]:
+def run_sequential(model, requests: list) -> list[list[int]]:
+    return [generate(model, prompt, m, temperature=0) for prompt, m in requests]
+
+
+def run_engine(model, requests: list, concurrency: int, prefill_chunk: int) -> tuple[list[list[int]], dict]:
     """C closed-loop clients: a finished request is replaced by the next one at once."""
     engine = Engine(model, max_batch=concurrency, prefill_chunk=prefill_chunk)
     todo = deque(range(len(requests)))
     outs: list[list[int]] = [[] for _ in requests]
     in_flight = 0
-    t0 = time.perf_counter()
     while todo or engine.has_work():
         while todo and in_flight < concurrency:
             i = todo.popleft()
@@ -60,7 +67,7 @@ def run_engine(model, requests: list, concurrency: int, prefill_chunk: int) -> t
         for e in engine.step():
             outs[int(e.request_id)].append(e.token_id)
             in_flight -= e.finished
-    return time.perf_counter() - t0, outs, engine.stats()
+    return outs, engine.stats()
 
 
 def load_hf(name: str):
@@ -74,9 +81,8 @@ def load_hf(name: str):
                                                              dtype=torch.float32).eval()
 
 
-def run_hf_static(model, requests: list, batch: int) -> float:
+def run_hf_static(model, requests: list, batch: int) -> None:
     """transformers over static batches of `batch` requests."""
-    t0 = time.perf_counter()
     for start in range(0, len(requests), batch):
         group = requests[start:start + batch]
         L = max(len(p) for p, _ in group)
@@ -86,14 +92,13 @@ def run_hf_static(model, requests: list, batch: int) -> float:
         with torch.inference_mode():
             model.generate(idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                            pad_token_id=0)
-    return time.perf_counter() - t0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
-    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=32, help="more than the top concurrency, so slots refill")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--prompt-len", type=int, nargs=2, default=[16, 96], help="uniform range of prompt tokens")
     parser.add_argument("--new-tokens", type=int, nargs=2, default=[8, 48], help="uniform range of new tokens")
@@ -103,28 +108,35 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     log.set_quiet(True)
     model = llmlab.load(args.model).model
-    requests = make_requests(args.requests, tuple(args.prompt_len), tuple(args.new_tokens))
-    n_tokens = sum(m for _, m in requests)
-    generate(model, requests[0][0], 2, temperature=0)  # warm-up
-    seq_s, expected = run_sequential(model, requests)
-    seq_tps = n_tokens / seq_s
-    print(f"{'':14}{'tok/s':>9}{'x sequential':>14}{'x hf static':>13}{'preempt':>9}{'mismatch':>10}")
-    print(f"{'sequential':14}{seq_tps:9.1f}{1.0:14.2f}{'-':>13}{'-':>9}{'-':>10}")
     hf_model = load_hf(args.model) if args.hf else None
+    requests = make_requests(args.requests, tuple(args.prompt_len), tuple(args.new_tokens))
+    n = sum(m for _, m in requests)
+    generate(model, requests[0][0], 2, temperature=0)  # warm-up
+    expected, wall, cpu = timed(lambda: run_sequential(model, requests))
+    seq = {"wall": n / wall, "cpu": n / cpu}
+    print(f"{'tokens per second of':20}{'wall':>8}{'cpu':>8}{'wall x seq':>12}{'cpu x seq':>11}{'cpu x hf':>10}"
+          f"{'preempt':>9}{'mismatch':>10}")
+    print(f"{'sequential generate':20}{seq['wall']:8.1f}{seq['cpu']:8.1f}")
     rows = {}
     for c in args.concurrency:
-        secs, outs, stats = run_engine(model, requests, c, args.prefill_chunk)
-        hf_tps = n_tokens / run_hf_static(hf_model, requests, c) if args.hf else None
-        mismatch = sum(o != e for o, e in zip(outs, expected, strict=True))
-        tps = n_tokens / secs
-        rows[c] = {"tok_s": tps, "ratio_sequential": tps / seq_tps, "hf_static_tok_s": hf_tps,
-                   "ratio_hf_static": tps / hf_tps if hf_tps else None, "preemptions": stats["preemptions"],
-                   "mismatched_requests": mismatch}
-        hf = f"{tps / hf_tps:13.2f}" if hf_tps else f"{'-':>13}"
-        print(f"{'engine c=' + str(c):14}{tps:9.1f}{tps / seq_tps:14.2f}{hf}{stats['preemptions']:9d}{mismatch:10d}")
-    print(json.dumps({"model": args.model, "threads": args.threads, "requests": args.requests,
-                      "new_tokens": n_tokens, "prompt_len": args.prompt_len, "new_tokens_range": args.new_tokens,
-                      "sequential_tok_s": seq_tps, "engine": rows}))
+        (outs, stats), wall, cpu = timed(lambda c=c: run_engine(model, requests, c, args.prefill_chunk))
+        row = {"wall_tok_s": n / wall, "cpu_tok_s": n / cpu, "preemptions": stats["preemptions"],
+               "mismatched_requests": sum(o != e for o, e in zip(outs, expected, strict=True))}
+        row["ratio_sequential_wall"], row["ratio_sequential_cpu"] = row["wall_tok_s"] / seq["wall"], \
+            row["cpu_tok_s"] / seq["cpu"]
+        hf = f"{'-':>10}"
+        if hf_model is not None:
+            _, hf_wall, hf_cpu = timed(lambda c=c: run_hf_static(hf_model, requests, c))
+            row.update(hf_static_wall_tok_s=n / hf_wall, hf_static_cpu_tok_s=n / hf_cpu,
+                       ratio_hf_static_wall=hf_wall / wall, ratio_hf_static_cpu=hf_cpu / cpu)
+            hf = f"{row['ratio_hf_static_cpu']:10.2f}"
+        rows[c] = row
+        print(f"{'engine c=' + str(c):20}{row['wall_tok_s']:8.1f}{row['cpu_tok_s']:8.1f}"
+              f"{row['ratio_sequential_wall']:12.2f}{row['ratio_sequential_cpu']:11.2f}{hf}"
+              f"{row['preemptions']:9d}{row['mismatched_requests']:10d}")
+    print(json.dumps({"model": args.model, "threads": args.threads, "requests": args.requests, "new_tokens": n,
+                      "prompt_len": args.prompt_len, "new_tokens_range": args.new_tokens,
+                      "sequential_wall_tok_s": seq["wall"], "sequential_cpu_tok_s": seq["cpu"], "engine": rows}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ an llmlab command wrote:
                           adapters, prompt tuning, classification): load the base, apply the method
                           again (`llmlab.finetune.methods`), then the saved weights
     PEFT LoRA folder      adapter_config.json + adapter_model.safetensors, from peft or llmlab
+    multimodal folder     a VLM checkpoint (`llmlab multimodal train`) or a Hugging Face LLaVA folder:
+                          `llmlab.multimodal.load_folder`, an object with `.describe(image, prompt=None)`
 
 It sits above every stage that writes models so data still flows one way:
 plain models come from `llmlab.models.pretrained`, quantised layers from `llmlab.quantize`,
@@ -33,6 +35,8 @@ from llmlab.models.config import ModelConfig
 from llmlab.models.device_map import dispatch, plan_device_map
 from llmlab.models.gpt import Transformer
 from llmlab.models.pretrained import load_model
+from llmlab.multimodal import is_multimodal
+from llmlab.multimodal import load_folder as load_multimodal
 from llmlab.quantize.model import prepare_quantized
 
 
@@ -47,6 +51,8 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
     path = Path(str(source)).expanduser()
     if path.is_dir() and not checkpoint.is_checkpoint(path) and checkpoint.is_checkpoint(path / "checkpoint"):
         path = source = path / "checkpoint"  # a run folder: what training wrote last
+    if is_multimodal(path):  # a VLM checkpoint or a Hugging Face LLaVA folder: `.describe(image, prompt=None)`
+        return load_multimodal(path, device, dtype)
     meta = checkpoint.read_meta(path) if path.is_dir() and checkpoint.is_checkpoint(path) else {}
     if meta.get("weights") == "trainable":
         loaded = load_trainable_dir(path, with_tokenizer)

@@ -100,6 +100,10 @@ class Engine:
             raise UserError(f"model: the engine serves a plain llmlab Transformer, got {type(model).__name__} "
                             f"(a prompt-tuned model feeds virtual tokens the paged cache does not hold); "
                             f"merge or drop the method first")
+        if getattr(model.config, "capacity_factor", None) is not None:
+            raise UserError("model: a mixture of experts with a capacity factor drops tokens depending on what else "
+                            "is in the batch, so batched output would differ from the request alone; set "
+                            "capacity_factor to None to serve it")
         for name, value, least in (("block_size", block_size, 1), ("max_batch", max_batch, 1),
                                    ("prefill_chunk", prefill_chunk, 1), ("max_waiting", max_waiting, 1),
                                    ("kv_blocks", kv_blocks or 2, 2)):  # block 0 is reserved: 2 holds one block
@@ -129,6 +133,7 @@ class Engine:
     # ---- requests ----
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request; ValueError for input that cannot be served, QueueFull when max_waiting are waiting."""
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("prompt: no tokens; give at least one token")
@@ -158,6 +163,8 @@ class Engine:
         self.waiting.append(_Sequence(request_id, len(prompt), params, generator, self._arrivals, prompt))
 
     def abort(self, request_id: str) -> None:
+        """Drop a waiting or running request and free its blocks now; the next step() returns its final event
+        (token_id None, finish_reason "abort"). An unknown or finished id is a no-op."""
         seq = self._find(request_id)
         if seq is None:
             return

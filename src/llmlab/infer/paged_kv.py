@@ -204,6 +204,7 @@ class PagedStep:
         S = pos.shape[1]
         self.pos, self.T, self.shape = S - T, T, tuple(pos.shape)
         self.positions = pos[:, S - T:]  # (rows, T)
+        self.key_positions = pos.clamp(min=0)  # (rows, S): each key's position in its sequence (ALiBi reads it)
         bs, width = cache.block_size, max(len(t) for t in tables)
         table = torch.tensor([t + [NULL_BLOCK] * (width - len(t)) for t in tables], device=device)  # (n, width)
         p = pos.clamp(min=0)
