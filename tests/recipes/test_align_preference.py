@@ -128,6 +128,8 @@ def test_reward_model_reopens_and_exports(base, tmp_path):
     loaded = llmlab.load(out)
     ids = [IDX[0].tolist(), IDX[1, :7].tolist()]
     torch.testing.assert_close(score(loaded.model, ids), score(s["model"], ids), atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="reward model"):  # a scalar head cannot sample tokens
+        loaded.generate(ids[0], 3)
     with pytest.raises(UserError, match="--method"):
         reward(cfg(RewardArgs, base, tmp_path / "x", method="prompt"))
 

@@ -28,7 +28,7 @@ from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic
 from llmlab.finetune.lora import LoRALinear, apply_lora, lora_modules, set_lora_weights
 from llmlab.models.config import ModelConfig
-from llmlab.models.hf import GPT2_KEYS, LLAMA_KEYS, hf_family
+from llmlab.models.hf import KEYS, hf_family
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -38,10 +38,15 @@ QKV = ("q_proj", "k_proj", "v_proj")
 
 def _module_pairs(config: ModelConfig) -> list[tuple[re.Pattern, str, re.Pattern, str]]:
     """(HF regex, HF pattern, llmlab regex, llmlab pattern) for every linear layer's module name."""
-    keys = GPT2_KEYS if hf_family(config) == "gpt2" else LLAMA_KEYS
+    family = hf_family(config)
+    if family == "bloom":  # q, k and v live in one fused HF matrix, which PEFT adapts as one module
+        raise UserError("PEFT's adapter layout for Bloom (fused query_key_value) is not supported; "
+                        "fine-tune with --method full, or keep llmlab's own checkpoint/")
+    keys = KEYS[family]
     out = []
     for hf, ours in keys:
-        if hf.endswith(".weight") and "{i}" in hf:  # per-layer modules; LoRA never targets the embeddings
+        # per-layer modules (LoRA never targets the embeddings); MoE experts ({j}) have no PEFT mapping here
+        if hf.endswith(".weight") and "{i}" in hf and "{j}" not in hf:
             hf_mod, our_mod = hf.removesuffix(".weight"), ours.removesuffix(".weight")
             out.append((_rx(hf_mod), hf_mod, _rx(our_mod), our_mod))
     return out

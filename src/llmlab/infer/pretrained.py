@@ -51,6 +51,10 @@ class Pretrained:
 
         if self.classes is not None:
             raise UserError(f"{self.source}: has a classification head, not a language-model head; use classify")
+        outputs = getattr(getattr(self.model, "lm_head", None), "out_features", None)
+        if outputs is not None and outputs < self.model.config.vocab_size:  # a reward model's scalar head
+            raise UserError(f"{self.source}: its head gives {outputs} output(s), not the vocabulary; it scores "
+                            "text (a reward model) and cannot generate")
         if self.tokenizer is not None:
             kwargs.setdefault("eos_id", self.tokenizer.eos_id)
         ids = self.encode(ids_or_text) if isinstance(ids_or_text, str) else ids_or_text
