@@ -31,11 +31,22 @@ def test_train_saves_what_llmlab_load_reopens(tmp_path, fusion, capsys):
         {k: summary[k] for k in ("caption_em_1", "caption_em_2", "vqa_accuracy")}
     scene = shapes.scenes(1, 99, "test")[0]
     scene.render().save(tmp_path / "shape.png")
-    said = ask(AskArgs(model=str(out), image=str(tmp_path / "shape.png"), question="how many shapes are there?"))
+    said = ask(AskArgs(model=str(out), image=str(tmp_path / "shape.png"), question=["how", "many shapes are there?"]))
     assert capsys.readouterr().out.strip() == said
     assert said == loaded.describe(scene.render(), "how many shapes are there?")
     assert result["tokenizer"].encode(said) == loaded.tokenizer.encode(said)
     assert ask(AskArgs(model=str(out), image=str(tmp_path / "shape.png"))) == loaded.describe(tmp_path / "shape.png")
+
+
+def test_ask_question_is_optional_on_the_command_line():
+    import argparse
+
+    from llmlab.common.config import add_dataclass_arguments
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, AskArgs)
+    assert parser.parse_args(["--model", "m", "--image", "x.png"]).question == []
+    assert parser.parse_args(["--model", "m", "--image", "x.png", "what", "color?"]).question == ["what", "color?"]
 
 
 def test_compare_writes_report(tmp_path):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
@@ -202,7 +203,7 @@ class PretrainedLlava:
         """(1, 3, S, S): resized to the tower's size (bicubic), scaled to [0, 1], normalised per channel."""
         size = self.model.vision.config.image_size
         img = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        x = torch.tensor(list(img.getdata()), dtype=torch.float32).view(size, size, 3).permute(2, 0, 1) / 255.0
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 255.0  # (3, S, S)
         mean, std = (torch.tensor(v)[:, None, None] for v in self.image_norm)
         return ((x - mean) / std)[None]
 

@@ -12,8 +12,8 @@ as real VLMs start from a pretrained vision encoder: learnt through the captions
 over 1,200 steps to reach ~55% caption exact match), then fits the VLM of `llmlab.multimodal.vlm` (early
 fusion: a prefix-LM over image + prompt; late fusion: gated cross-attention) on captions and questions with
 everything training, scores held-out exact match and saves a checkpoint that `llmlab.load` reopens with
-`.describe(image, prompt=None)`. With `--decoder
-smollm2-135m-instruct` the decoder is pretrained and frozen (LLaVA's recipe); slow on a CPU.
+`.describe(image, prompt=None)`. With `--decoder smollm2-135m-instruct` the decoder is pretrained and frozen
+(LLaVA's recipe; ~2 s a step of 4 images on a CPU, so for a GPU).
 """
 
 import dataclasses
@@ -49,11 +49,11 @@ SPECIALS = ["<|endoftext|>", "<|pad|>"]
 
 @dataclass
 class VLMArgs:
-    max_steps: int = arg(1500, "optimizer steps")
+    max_steps: int = arg(2000, "optimizer steps")
     batch_size: int = arg(32, "images per step")
     lr: float = arg(2e-3, "peak learning rate")
     warmup_steps: int = arg(50, "linear warmup steps")
-    vision_steps: int = arg(1500, "steps of supervised ViT pretraining (colour and shape of one-shape images, 18 "
+    vision_steps: int = arg(2000, "steps of supervised ViT pretraining (colour and shape of one-shape images, 18 "
                                  "classes) before the VLM trains, as VLMs start from a pretrained vision encoder; "
                                  "0: none")
     caption_share: float = arg(0.7, "share of training examples that are captions; the rest are questions")
@@ -87,7 +87,7 @@ class CompareArgs(VLMArgs):
 class AskArgs:
     model: str = arg(dataclasses.MISSING, "a folder `multimodal train` wrote (or a LLaVA folder)")
     image: str = arg(dataclasses.MISSING, "an image file (PNG, JPEG, ...)")
-    question: str = arg("", "a question about the image; empty: a caption", positional=True)
+    question: list[str] = arg([], "a question about the image (quoted or not); none: a caption", positional=True)
 
 
 @dataclass
@@ -212,7 +212,8 @@ def ask(args: AskArgs) -> str:
     if not hasattr(loaded, "describe"):
         raise UserError(f"--model {args.model}: not a vision-language model; give a folder `llmlab multimodal "
                         "train` wrote")
-    answer = loaded.describe(args.image, args.question or None)
+    question = " ".join(args.question) if isinstance(args.question, list) else args.question
+    answer = loaded.describe(args.image, question or None)
     print(answer)
     return answer
 
@@ -240,8 +241,9 @@ def compare(args: CompareArgs) -> dict[str, Any]:
     rows = "\n".join(f"| {f} | {r['n_params'] / 1e6:.2f}M | {r['train_s']:.0f} | {r['caption_em_1']:.3f} | "
                      f"{r['caption_em_2']:.3f} | {r['vqa_accuracy']:.3f} | {r['vqa_color_accuracy']:.3f} | "
                      f"{r['vqa_count_accuracy']:.3f} |" for f, r in summary.items())
-    report = (f"# Early against late fusion on the shapes\n\n{args.max_steps} steps of {args.batch_size} images each, "
-              f"the same images in the same order; scores on {args.eval_images} held-out images per row "
+    report = (f"# Early against late fusion on the shapes\n\n{args.vision_steps} steps of ViT pretraining, then "
+              f"{args.max_steps} steps of {args.batch_size} images each, the same images in the same order; "
+              f"scores on {args.eval_images} held-out images per row "
               "(exact match, greedy).\n\n| fusion | params | train s | caption EM, 1 shape | caption EM, 2 shapes "
               f"| VQA | VQA colour | VQA count |\n|---|---|---|---|---|---|---|---|\n{rows}\n\n"
               "Early fusion puts the image tokens in front of the prompt and attends over both in full (a prefix-LM); "
