@@ -34,7 +34,8 @@ def default_corpus() -> list[Document]:
     return [d for d in docs if d[1].strip()]
 
 
-def _read_jsonl(path: Path, name: str) -> Iterator[Document]:
+def jsonl_text_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for each non-blank line of a JSONL file whose rows carry a string 'text'."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -45,7 +46,12 @@ def _read_jsonl(path: Path, name: str) -> Iterator[Document]:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise UserError(f"{path}:{lineno}: each row needs a string field 'text'")
-            yield f"{name}:{lineno}", row["text"]
+            yield lineno, row
+
+
+def _read_jsonl(path: Path, name: str) -> Iterator[Document]:
+    for lineno, row in jsonl_text_rows(path):
+        yield f"{name}:{lineno}", row["text"]
 
 
 def _read_parquet(path: Path, name: str) -> Iterator[Document]:

@@ -8,12 +8,12 @@ Pairs from the data stage (`llmlab.data.sources`' (name, text) documents) come i
 This file reads text; cutting it into chunks is `chunking.py`'s job.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmlab.common.errors import UserError
+from llmlab.data.sources import jsonl_text_rows
 
 SUFFIXES = (".txt", ".md", ".py", ".jsonl")
 
@@ -27,19 +27,10 @@ class Document:
 
 def _jsonl_rows(path: Path, rel: str) -> list[Document]:
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise UserError(f"{path}:{lineno}: each row needs a string field 'text'")
-            source = row.get("source") if isinstance(row.get("source"), str) else f"{rel}:{lineno}"
-            meta = {k: v for k, v in row.items() if k not in ("text", "source")}
-            docs.append(Document(source, row["text"], meta))
+    for lineno, row in jsonl_text_rows(path):
+        source = row.get("source") if isinstance(row.get("source"), str) else f"{rel}:{lineno}"
+        meta = {k: v for k, v in row.items() if k not in ("text", "source")}
+        docs.append(Document(source, row["text"], meta))
     return docs
 
 
