@@ -13,7 +13,8 @@ an llmlab command wrote:
                           again (`llmlab.finetune.methods`), then the saved weights
     PEFT LoRA folder      adapter_config.json + adapter_model.safetensors, from peft or llmlab
     multimodal folder     a VLM checkpoint (`llmlab multimodal train`) or a Hugging Face LLaVA folder:
-                          `llmlab.multimodal.load_folder`, an object with `.describe(image, prompt=None)`
+                          `llmlab.multimodal.load_folder`, an object with `.describe(image, prompt=None)`;
+                          a ViT or CLIP checkpoint (`multimodal vit|clip`): `.classify(images[, labels])`
 
 It sits above every stage that writes models so data still flows one way:
 plain models come from `llmlab.models.pretrained`, quantised layers from `llmlab.quantize`,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import llmlab
 from llmlab.common import checkpoint
@@ -68,6 +69,22 @@ def test_vit_pretrains_then_finetunes(tmp_path):
     model = ViT(ViTConfig.from_dict(meta["model"]))
     checkpoint.load_weights(model, tmp_path / "finetuned")
     assert tasks.accuracy(model, "color+shape") == pytest.approx(summary["finetuned_accuracy"])
+    # llmlab.load reopens both classifiers with their own label names, scoring what the run reported
+    test = shapes.scenes(300, 1234, "test", (1,))
+    for folder, label_set, key in (("pretrained", "shape", "accuracy"), ("finetuned", "color+shape",
+                                                                         "finetuned_accuracy")):
+        loaded = llmlab.load(tmp_path / folder)
+        classes, label = tasks.LABELS[label_set]
+        assert loaded.classes == classes
+        predicted, probs = loaded.classify([s.render() for s in test])
+        assert probs.shape == (300, len(classes)) and torch.allclose(probs.sum(-1), torch.ones(300))
+        accuracy = sum(p == label(s) for p, s in zip(predicted, test, strict=True)) / len(test)
+        assert accuracy == pytest.approx(summary[key])
+    path = tmp_path / "one.png"
+    test[0].render().save(path)
+    assert loaded.classify(path)[0] == loaded.classify([test[0].render()])[0]
+    with pytest.raises(UserError, match="no such image file"):
+        loaded.classify(tmp_path / "missing.png")
 
 
 def test_clip_zero_shot(tmp_path):
@@ -76,6 +93,18 @@ def test_clip_zero_shot(tmp_path):
     assert set(summary["zero_shot_accuracy"]) == {"color+shape", "shape", "color"}
     assert summary["chance"]["shape"] == pytest.approx(1 / 3)
     assert (tmp_path / "checkpoint" / checkpoint.WEIGHTS_FILE).is_file() and (tmp_path / "report.md").is_file()
+    loaded = llmlab.load(tmp_path)  # the run folder opens its checkpoint
+    test = shapes.scenes(300, 1234, "test", (1,))
+    labels = tasks.LABELS["color+shape"][0]
+    predicted, probs = loaded.classify([s.render() for s in test], labels)
+    assert probs.shape == (300, len(labels))
+    accuracy = sum(p == s.caption for p, s in zip(predicted, test, strict=True)) / len(test)
+    assert accuracy == pytest.approx(summary["zero_shot_accuracy"]["color+shape"])
+    image, text = loaded.embed_images(test[0].render()), loaded.embed_texts([test[0].caption, "a blue square"])
+    assert image.shape == (1, 8) and text.shape == (2, 8)
+    assert torch.allclose(image.norm(dim=-1), torch.ones(1)) and torch.allclose(text.norm(dim=-1), torch.ones(2))
+    with pytest.raises(UserError, match="at least one label"):
+        loaded.classify(test[0].render(), [])
 
 
 def test_bad_input(tmp_path):
