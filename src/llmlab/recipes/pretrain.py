@@ -19,6 +19,7 @@ from llmlab.data.loader import read_manifest
 from llmlab.models import get_preset
 from llmlab.models.config import PRESETS
 from llmlab.train.loop import LoopSettings
+from llmlab.train.optimizers import OPTIMIZERS
 from llmlab.train.pretrain import pretrain
 
 
@@ -34,6 +35,8 @@ class PretrainArgs:
     lr: float = arg(3e-3, "peak learning rate")
     min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak")
     warmup_steps: int = arg(30, "linear warmup steps")
+    optimizer: str = arg("adamw", "optimizer (llmlab.train.optimizers; `llmlab compare optimizers` sweeps them)",
+                         choices=list(OPTIMIZERS))
     weight_decay: float = arg(0.1, "AdamW decoupled weight decay (matrices only)")
     grad_clip: float = arg(1.0, "clip the global gradient norm to this (0: off)")
     max_steps: int = arg(500, "optimizer steps in the whole run (sets the cosine schedule)")
@@ -54,7 +57,7 @@ class PretrainArgs:
 
 # Settings that must not change across a resume (max_steps and max_minutes may, to extend a run).
 RESUME_KEYS = ("preset", "seq_len", "dropout", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
-               "weight_decay", "grad_clip", "seed")
+               "optimizer", "weight_decay", "grad_clip", "seed")
 
 
 def loop_settings(args: PretrainArgs) -> LoopSettings:
@@ -84,7 +87,7 @@ def run(args: PretrainArgs) -> dict:
     summary = pretrain(model_config, args.data, args.out, loop_settings(args), batch_size=args.batch_size,
                        weight_decay=args.weight_decay, seed=args.seed, device=device,
                        compile=args.compile, eval_tokens=args.eval_tokens, resume=args.resume,
-                       run=dataclasses.asdict(args), resume_keys=RESUME_KEYS)
+                       run=dataclasses.asdict(args), resume_keys=RESUME_KEYS, optimizer_name=args.optimizer)
     log.info(f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, "
              f"val loss {summary['final_val_loss']:.4f}; checkpoint in {summary['checkpoint']}")
     return summary

@@ -26,17 +26,18 @@ from llmlab.models.gpt import count_parameters, flops_per_token
 from llmlab.train.loop import LoopSettings, TrainState, train_loop
 from llmlab.train.moe_loss import moe_lm_loss
 from llmlab.train.objectives import lm_loss
-from llmlab.train.optim import make_adamw
+from llmlab.train.optimizers import build_optimizer
 
 
 def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, settings: LoopSettings, *,
              batch_size: int, weight_decay: float = 0.1, seed: int = 1337, device: torch.device | str = "cpu",
              compile: bool = False, eval_tokens: int = 32768, resume: bool = False,
-             run: dict[str, Any] | None = None, resume_keys: Iterable[str] = ()) -> dict:
+             run: dict[str, Any] | None = None, resume_keys: Iterable[str] = (), optimizer_name: str = "adamw") -> dict:
     """Train a fresh `Transformer(model_config)` (or resume `<out>/checkpoint`) on the shards in `data_dir`.
 
     `run` (the caller's arguments) is stored in every checkpoint; on resume, the keys in `resume_keys`
-    and the model config must equal the stored ones. Returns a summary: n_params, steps, tokens_seen,
+    and the model config must equal the stored ones. `optimizer_name` is a key of
+    `llmlab.train.optimizers.OPTIMIZERS`. Returns a summary: n_params, steps, tokens_seen,
     tokens_per_s, final losses, history, and the trained model and tokenizer.
     """
     from llmlab.tokenizer import Tokenizer
@@ -48,7 +49,7 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
     tokenizer = Tokenizer.load(Path(data_dir) / manifest.get("tokenizer", TOKENIZER_FILE))
     seed_everything(seed)
     model = Transformer(model_config).to(device)
-    optimizer = make_adamw(model, settings.lr, weight_decay, device_type=device.type)
+    optimizer = build_optimizer(optimizer_name, model, settings.lr, weight_decay, device_type=device.type)
     sampler = WindowSampler(data_dir, "train", batch_size, model_config.seq_len, seed=seed)
     state = TrainState()
     if resume:
