@@ -78,7 +78,8 @@ def _stop(procs: list) -> None:
         if p.is_alive():
             p.kill()
     for p in procs:
-        p.join(timeout=5)
+        if p.pid is not None:  # started
+            p.join(timeout=5)
 
 
 def spawn(fn: Callable, world_size: int, *args: Any, timeout: float = 300.0, backend: str | None = None,
