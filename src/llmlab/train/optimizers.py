@@ -200,12 +200,12 @@ class Adafactor(torch.optim.Optimizer):
                                       relative_step=relative_step, warmup_init=warmup_init))
 
     @staticmethod
-    def _lr(group: dict, t: float, p: torch.Tensor) -> float:
+    def _lr(group: dict, t: float, p: torch.Tensor) -> float | torch.Tensor:
         lr = group["lr"]
         if group["relative_step"]:
             lr = min(1e-6 * t if group["warmup_init"] else 1e-2, 1.0 / math.sqrt(t))
         if group["scale_parameter"]:
-            lr = lr * max(group["eps"][1], float(_rms(p)))
+            lr = lr * _rms(p).clamp(min=group["eps"][1])  # a float32 tensor, rounded as transformers' is
         return lr
 
     @torch.no_grad()
