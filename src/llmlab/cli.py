@@ -99,6 +99,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                                "learned, sinusoidal, RoPE, ALiBi, none: held-out bits per byte at L and 2L"),
     ("compare", "moe"): ("llmlab.recipes.variants", "MoEArgs", "moe",
                          "mixture of experts vs dense at equal active and equal total parameters"),
+    ("compare", "optimizers"): ("llmlab.recipes.optimizers", "OptimizersArgs", "run",
+                                "SGD, Adam, AdamW, Lion, Adafactor, Muon under an lr sweep: curves, best lr each"),
     ("attention-maps",): ("llmlab.recipes.variants", "AttentionMapArgs", "attention",
                           "every head's attention weights for a prompt, as a PNG grid"),
     ("rag", "index"): ("llmlab.recipes.rag", "IndexArgs", "index",
