@@ -127,6 +127,13 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                              "CLIP-style contrastive pretraining and zero-shot classification"),
     ("finetune", "classify"): ("llmlab.recipes.classify", "ClassifyArgs", "run",
                                "train a classification head on the last token; accuracy and confusion matrix"),
+    ("labs", "list"): ("llmlab.recipes.labs", "ListArgs", "list_labs", "the path of labs: what each teaches, how long"),
+    ("labs", "start"): ("llmlab.recipes.labs", "StartArgs", "start_lab",
+                        "write NAME.py to fill in (or --solution) and the NAME.ipynb notebook"),
+    ("labs", "check"): ("llmlab.recipes.labs", "CheckArgs", "check_lab",
+                        "check NAME.py: ✓/✗ per check with what looks wrong; exit 0 only if all pass"),
+    ("labs", "solution"): ("llmlab.recipes.labs", "SolutionArgs", "solution",
+                           "print a lab's reference solution (llmlab's own code)"),
 }
 
 

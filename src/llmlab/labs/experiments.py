@@ -1,0 +1,126 @@
+"""The end of a lab's notebook: the learner's code inside llmlab's real model, trained next to llmlab's own.
+
+`compare_training(edit)` trains two copies of one small byte-level decoder on the same batches from the
+same initial weights: llmlab's model as it is, and one that `edit` changed in place (the learner's attention
+or norm swapped in). Equal components give loss curves that lie on top of each other; a wrong one shows.
+`plot_runs` draws them. The text is the start of the default corpus (Python's own sources), read as bytes,
+so nothing needs a tokenizer or a download. This file does not check anything: that is each lab's checks.py.
+"""
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from llmlab.data.sources import default_corpus, leading_text
+from llmlab.models import Transformer, get_preset
+from llmlab.models.layers import Attention, apply_rope, repeat_kv
+from llmlab.models.swap import find_modules, replace_module
+from llmlab.train.loop import LoopSettings, TrainState, train_loop
+from llmlab.train.objectives import lm_loss
+from llmlab.train.optim import make_adamw
+
+
+class FunctionAttention(nn.Module):
+    """A decoder's attention layer whose core, softmax(q k^T / sqrt(D)) v, is `fn(q, k, v, causal=True)`.
+
+    The projections, RoPE and the grouped key/value heads stay llmlab's (the wrapped `layer`'s); only
+    plain causal self-attention is supported (no padding mask, KV cache or ALiBi bias).
+    """
+
+    def __init__(self, layer: Attention, fn: Callable):
+        super().__init__()
+        self.layer, self.fn = layer, fn
+
+    def forward(self, x, rope, mask, kv_cache, layer, bias=None) -> torch.Tensor:
+        if mask is not None or kv_cache is not None or bias is not None:
+            raise ValueError("a learner's attention runs plain causal self-attention only: no padding mask, "
+                             "KV cache or ALiBi bias")
+        a = self.layer
+        B, T, _ = x.shape
+        q = a.q_proj(x).view(B, T, a.n_head, a.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = a.k_proj(x).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = a.v_proj(x).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        n_rep = a.n_head // a.n_kv_head
+        y = self.fn(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), causal=True)  # (B, H, T, D)
+        return a.o_proj(y.transpose(1, 2).reshape(B, T, a.n_head * a.head_dim))  # (B, T, C)
+
+
+def use_attention(model: Transformer, fn: Callable) -> Transformer:
+    """Make every block of `model` compute its attention with `fn(q, k, v, causal=True)`, in place."""
+    for name in find_modules(model, (Attention,)):
+        replace_module(model, name, FunctionAttention(model.get_submodule(name), fn))
+    return model
+
+
+@dataclass
+class Run:
+    label: str
+    losses: list[float]
+    held_out: float  # mean loss on fixed held-out windows after training
+    seconds: float
+    model: nn.Module = field(repr=False)
+
+
+def _windows(data: torch.Tensor, n: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    starts = torch.randint(0, len(data) - seq_len - 1, (n,), generator=generator)
+    rows = torch.stack([data[s:s + seq_len + 1] for s in starts.tolist()]).long()  # (n, T + 1)
+    return rows[:, :-1], rows[:, 1:]  # idx, targets: (n, T) each
+
+
+def compare_training(edit: Callable[[Transformer], object], label: str = "yours", steps: int = 120,
+                     preset: str = "gpt2-tiny", n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
+                     seq_len: int = 64, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
+                     max_chars: int = 400_000, progress: bool = True) -> list[Run]:
+    """Train llmlab's model and a copy changed by `edit` on the same batches; returns [llmlab's, yours].
+
+    The defaults take about ten seconds per run on one laptop core: a 2-block byte-level decoder, which is
+    enough for the curves to fall well below the uniform loss ln 256 = 5.5.
+    """
+    text = leading_text(default_corpus(), max_chars).encode("utf-8")
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    split = int(0.9 * len(data))
+    torch.manual_seed(seed)
+    config = get_preset(preset, vocab_size=256, seq_len=seq_len, n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+    reference = Transformer(config)
+    edited = copy.deepcopy(reference)
+    edit(edited)
+    held_out = _windows(data[split:], 32, seq_len, torch.Generator().manual_seed(seed + 1))
+    runs = []
+    for name, model in (("llmlab", reference), (label, edited)):
+        generator = torch.Generator().manual_seed(seed)  # the same batches for both models
+        optimizer = make_adamw(model, lr, 0.01, device_type="cpu")
+        settings = LoopSettings(max_steps=steps, lr=lr, warmup_steps=min(10, steps // 4), progress=progress)
+        start = time.perf_counter()
+        state = train_loop(model, optimizer, lambda g=generator: _windows(data[:split], batch_size, seq_len, g),
+                           settings, TrainState())
+        seconds = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            loss = float(lm_loss(model, held_out))
+        runs.append(Run(name, [r["loss"] for r in state.history], loss, seconds, model))
+    return runs
+
+
+def plot_runs(runs: list[Run], title: str = "training loss", path: str | None = None):
+    """The runs' loss curves on one plot; saved to `path` if given. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run, style in zip(runs, ("-", "--", ":", "-."), strict=False):
+        ax.plot(range(1, len(run.losses) + 1), run.losses, style, linewidth=1.5,
+                label=f"{run.label} (held-out {run.held_out:.3f}, {run.seconds:.0f} s)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per byte)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,97 @@
+"""The path: every lab in the order a learner takes them, and what one lab is made of.
+
+A lab is a folder `labs/<package>/` of five small files, the same for every lab:
+
+    skeleton.py   what `llmlab labs start NAME` writes as NAME.py: the functions and classes to implement,
+                  docstrings with shapes and meaning, bodies raising NotImplementedError("TODO: ...")
+    solution.py   the reference, written with `--solution` and printed by `llmlab labs solution NAME`:
+                  llmlab's own code where it exists, behind a thin adapter to the lab's interface;
+                  LLMLAB_CODE lists the llmlab functions and classes it uses (printed after it)
+    checks.py     CHECKS, a `CheckList`: each check compares the learner's code with torch or llmlab
+    bugs.py       BUGS: copies of a correct answer with one typical mistake each, and the words the checks
+                  must answer it with; ALTERNATIVES: other correct answers they must accept (tests hold both)
+    notebook.py   CELLS: the guided notebook as a list of markdown and code cells (built into NAME.ipynb)
+
+This file only lists them; it imports a lab's files when asked for them.
+"""
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmlab.common.errors import UserError
+from llmlab.labs.checking import CheckList
+
+
+@dataclass(frozen=True)
+class Bug:
+    """A planted bug: the source of one item with a typical mistake, and a phrase the checks must say."""
+    name: str
+    item: str
+    source: str
+    expect: str
+
+
+def planted(source: str, old: str, new: str) -> str:
+    """`source` with `old` replaced by `new`: how a bug is planted in a copy of a correct answer."""
+    if source.count(old) < 1:
+        raise ValueError(f"cannot plant the bug: {old!r} is not in the source")
+    return source.replace(old, new)
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str  # the command's NAME and the workspace file's name (NAME.py, NAME.ipynb)
+    teaches: str
+    minutes: int  # about how long a learner takes
+    mirrors: str  # the course weeks and labs it follows
+    package: str  # the folder under llmlab/labs/
+
+    @property
+    def folder(self) -> Path:
+        return Path(__file__).parent / self.package
+
+    def _module(self, part: str):
+        return importlib.import_module(f"llmlab.labs.{self.package}.{part}")
+
+    def skeleton(self) -> str:
+        return (self.folder / "skeleton.py").read_text(encoding="utf-8")
+
+    def solution(self) -> str:
+        return (self.folder / "solution.py").read_text(encoding="utf-8")
+
+    def solution_with_sources(self) -> str:
+        """The solution file, then the source of the llmlab code doing the work (its `LLMLAB_CODE` list)."""
+        parts = [self.solution()]
+        for value in getattr(self._module("solution"), "LLMLAB_CODE", []):
+            where = f"{value.__module__}.{value.__qualname__}"
+            parts.append(f"# ---- llmlab's own code: {where} ----\n\n{inspect.getsource(value)}")
+        return "\n\n".join(parts)
+
+    def checks(self) -> CheckList:
+        return self._module("checks").CHECKS
+
+    def bugs(self) -> list[Bug]:
+        return self._module("bugs").BUGS
+
+    def alternatives(self) -> list[str]:
+        """Other correct answers (loops, other constants) the checks must accept."""
+        return getattr(self._module("bugs"), "ALTERNATIVES", [])
+
+    def cells(self) -> list[tuple[str, str]]:
+        return self._module("notebook").CELLS
+
+
+LABS = [
+    Lab("attention", "scaled dot-product attention, the causal mask, multi-head and cross-attention", 45,
+        "AMD lab 06; 8-week course 2.1 and 3.1", "attention"),
+]
+
+
+def get_lab(name: str) -> Lab:
+    for lab in LABS:
+        if lab.name == name:
+            return lab
+    raise UserError(f"lab {name!r}: unknown; the labs are {', '.join(lab.name for lab in LABS)} "
+                    "(`llmlab labs list`)")
