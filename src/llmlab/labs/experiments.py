@@ -2,7 +2,8 @@
 
 `compare_training(edit)` trains two copies of one small byte-level decoder on the same batches from the
 same initial weights: llmlab's model as it is, and one that `edit` changed in place (the learner's attention
-or norm swapped in). Equal components give loss curves that lie on top of each other; a wrong one shows.
+or norm swapped in by `use_attention` or `use_norm`). Equal components give loss curves that lie on top
+of each other; a wrong one shows.
 `plot_runs` draws them. The text is the start of the default corpus (Python's own sources), read as bytes,
 so nothing needs a tokenizer or a download. This file does not check anything: that is each lab's checks.py.
 """
@@ -55,6 +56,17 @@ def use_attention(model: Transformer, fn: Callable) -> Transformer:
     """Make every block of `model` compute its attention with `fn(q, k, v, causal=True)`, in place."""
     for name in find_modules(model, (Attention,)):
         replace_module(model, name, FunctionAttention(model.get_submodule(name), fn))
+    return model
+
+
+def use_norm(model: Transformer, cls: type) -> Transformer:
+    """Replace every norm of `model` of `cls`'s name (LayerNorm or RMSNorm) by `cls(dim, eps)`, weights kept."""
+    names = [n for n, m in model.named_modules() if type(m).__name__ == cls.__name__ and type(m) is not cls]
+    for name in names:
+        old = model.get_submodule(name)
+        new = cls(old.weight.shape[0], eps=old.eps)
+        new.load_state_dict(old.state_dict())
+        replace_module(model, name, new)
     return model
 
 

@@ -86,6 +86,8 @@ class Lab:
 LABS = [
     Lab("attention", "scaled dot-product attention, the causal mask, multi-head and cross-attention", 45,
         "AMD lab 06; 8-week course 2.1 and 3.1", "attention"),
+    Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
+        "AMD labs 05a and 05b", "norms"),
 ]
 
 
