@@ -5,21 +5,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llmlab.train.sharded import ColumnParallelLinear, mlp_equivalence
+from llmlab.train.sharded import ColumnParallelLinear, mlp_equivalence_modes
 from llmlab.train.spawn import spawn
 
 N, C, HIDDEN = 8, 16, 64
 
 
-def _all_modes(rank: int, world: int) -> dict:
-    return {(sp, impl): mlp_equivalence(rank, world, N, C, HIDDEN, sp, impl)
-            for sp in (False, True) for impl in ("torch", "ring")}
-
-
 def test_sharded_mlp_equals_the_whole_one():
-    for rank_result in spawn(_all_modes, 2, timeout=120):
-        for (sequence_parallel, impl), r in rank_result.items():
-            assert max(r["diffs"].values()) < 1e-5, (sequence_parallel, impl, r["diffs"])
+    for rank_result in spawn(mlp_equivalence_modes, 2, N, C, HIDDEN, timeout=120):
+        assert len(rank_result) == 4
+        for r in rank_result:
+            sequence_parallel = r["sequence_parallel"]
+            assert max(r["diffs"].values()) < 1e-5, r
             ops = [rec["op"] for rec in r["records"]]
             activation_bytes = N * C * 4
             if sequence_parallel:  # gather in, scatter out; backward the same pair, swapped

@@ -197,6 +197,13 @@ def mlp_equivalence(rank: int, world: int, n_tokens: int, n_embd: int, hidden: i
             "records": [vars(r) for r in comm.records]}
 
 
+def mlp_equivalence_modes(rank: int, world: int, n_tokens: int, n_embd: int, hidden: int, seed: int = 0) -> list:
+    """`mlp_equivalence` for tensor and sequence parallelism, each through torch's collectives and the ring."""
+    return [{"sequence_parallel": sp, "impl": impl,
+             **mlp_equivalence(rank, world, n_tokens, n_embd, hidden, sp, impl, seed)}
+            for sp in (False, True) for impl in ("torch", "ring")]
+
+
 def collective_volume(rank: int, world: int, numel: int, repeats: int = 3) -> list[dict]:
     """Each collective on `numel` float32 values, by torch and by the hand ring: results equal, bytes sent.
 
