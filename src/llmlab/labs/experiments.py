@@ -1,9 +1,9 @@
 """The end of a lab's notebook: the learner's code inside llmlab's real model, trained next to llmlab's own.
 
-`compare_training(edit)` trains two copies of one small byte-level decoder on the same batches from the
-same initial weights: llmlab's model as it is, and one that `edit` changed in place (the learner's attention
-or norm swapped in by `use_attention` or `use_norm`). Equal components give loss curves that lie on top
-of each other; a wrong one shows.
+`compare_training(edits)` trains copies of one small byte-level decoder on the same batches from the same
+initial weights, each changed in place by its edit: llmlab's model as it is, and the learner's attention or
+norm swapped in (`use_attention`, `use_norm`), or their LoRA layers added. Equal components give loss
+curves that lie on top of each other; a wrong one shows.
 `plot_runs` draws them. The text is the start of the default corpus (Python's own sources), read as bytes,
 so nothing needs a tokenizer or a download. This file does not check anything: that is each lab's checks.py.
 """
@@ -85,37 +85,53 @@ def _windows(data: torch.Tensor, n: int, seq_len: int, generator: torch.Generato
     return rows[:, :-1], rows[:, 1:]  # idx, targets: (n, T) each
 
 
-def compare_training(edit: Callable[[Transformer], object], label: str = "yours", steps: int = 120,
-                     preset: str = "gpt2-tiny", n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
-                     seq_len: int = 64, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
-                     max_chars: int = 400_000, progress: bool = True) -> list[Run]:
-    """Train llmlab's model and a copy changed by `edit` on the same batches; returns [llmlab's, yours].
+def corpus_bytes(prefix: str = "stdlib/", max_chars: int = 400_000) -> torch.Tensor:
+    """The default corpus's documents whose names start with `prefix` ("stdlib/": Python's sources, "pydoc/":
+    its English help topics), as one uint8 tensor of about `max_chars` bytes."""
+    docs = [d for d in default_corpus() if d[0].startswith(prefix)]
+    return torch.frombuffer(bytearray(leading_text(docs, max_chars).encode("utf-8")), dtype=torch.uint8)
 
+
+def _train(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, seq_len: int, lr: float, seed: int,
+           progress: bool) -> list[float]:
+    generator = torch.Generator().manual_seed(seed)  # the same batches for every model
+    optimizer = make_adamw(model, lr, 0.01, device_type="cpu")
+    settings = LoopSettings(max_steps=steps, lr=lr, warmup_steps=min(10, steps // 4), progress=progress)
+    state = train_loop(model, optimizer, lambda: _windows(data, batch_size, seq_len, generator), settings,
+                       TrainState())
+    return [r["loss"] for r in state.history]
+
+
+def compare_training(edits: dict[str, Callable[[Transformer], object]], steps: int = 120, pretrain_steps: int = 0,
+                     data: str = "stdlib/", preset: str = "gpt2-tiny", n_layer: int = 2, n_embd: int = 64,
+                     n_head: int = 4, seq_len: int = 64, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
+                     progress: bool = True) -> list[Run]:
+    """One run per entry of `edits` (label -> a function changing a model in place), each from a copy of the
+    same model, on the same batches of `data` (a `corpus_bytes` prefix).
+
+    pretrain_steps: first train the shared model that long on Python's sources (a base to fine-tune).
     The defaults take about ten seconds per run on one laptop core: a 2-block byte-level decoder, which is
     enough for the curves to fall well below the uniform loss ln 256 = 5.5.
     """
-    text = leading_text(default_corpus(), max_chars).encode("utf-8")
-    data = torch.frombuffer(bytearray(text), dtype=torch.uint8)
-    split = int(0.9 * len(data))
     torch.manual_seed(seed)
     config = get_preset(preset, vocab_size=256, seq_len=seq_len, n_layer=n_layer, n_embd=n_embd, n_head=n_head)
-    reference = Transformer(config)
-    edited = copy.deepcopy(reference)
-    edit(edited)
-    held_out = _windows(data[split:], 32, seq_len, torch.Generator().manual_seed(seed + 1))
+    base = Transformer(config)
+    if pretrain_steps:
+        _train(base, corpus_bytes("stdlib/"), pretrain_steps, batch_size, seq_len, lr, seed + 2, progress)
+    text = corpus_bytes(data)
+    split = int(0.9 * len(text))
+    held_out = _windows(text[split:], 32, seq_len, torch.Generator().manual_seed(seed + 1))
     runs = []
-    for name, model in (("llmlab", reference), (label, edited)):
-        generator = torch.Generator().manual_seed(seed)  # the same batches for both models
-        optimizer = make_adamw(model, lr, 0.01, device_type="cpu")
-        settings = LoopSettings(max_steps=steps, lr=lr, warmup_steps=min(10, steps // 4), progress=progress)
+    for label, edit in edits.items():
+        model = copy.deepcopy(base)
+        edit(model)
         start = time.perf_counter()
-        state = train_loop(model, optimizer, lambda g=generator: _windows(data[:split], batch_size, seq_len, g),
-                           settings, TrainState())
+        losses = _train(model, text[:split], steps, batch_size, seq_len, lr, seed, progress)
         seconds = time.perf_counter() - start
         model.eval()
         with torch.no_grad():
             loss = float(lm_loss(model, held_out))
-        runs.append(Run(name, [r["loss"] for r in state.history], loss, seconds, model))
+        runs.append(Run(label, losses, loss, seconds, model))
     return runs
 
 

@@ -88,6 +88,8 @@ LABS = [
         "AMD lab 06; 8-week course 2.1 and 3.1", "attention"),
     Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
         "AMD labs 05a and 05b", "norms"),
+    Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
+        "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
 ]
 
 

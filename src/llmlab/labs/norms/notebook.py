@@ -78,7 +78,8 @@ CELLS = [
     code('''
         from llmlab.labs.experiments import compare_training, plot_runs, use_norm
 
-        runs = compare_training(lambda model: use_norm(model, lab.RMSNorm), label="your RMSNorm",
+        runs = compare_training({"llmlab's RMSNorm": lambda model: model,
+                                 "your RMSNorm": lambda model: use_norm(model, lab.RMSNorm)},
                                 preset="llama-tiny", steps=120)
         gap = max(abs(a - b) for a, b in zip(runs[0].losses, runs[1].losses))
         print(f"largest gap between the two loss curves: {gap:.2g} nats")
