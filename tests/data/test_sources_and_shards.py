@@ -8,7 +8,7 @@ import pytest
 from llmlab.common.errors import UserError
 from llmlab.data.loader import WindowSampler, read_manifest, sequential_windows
 from llmlab.data.shards import _flatten, token_dtype
-from llmlab.data.sources import default_corpus, read_documents, split_documents
+from llmlab.data.sources import default_corpus, read_documents, sample_documents, split_documents
 
 
 def test_default_corpus_is_stdlib_and_pydoc_with_validation_held_out_by_file():
@@ -100,3 +100,13 @@ def test_evaluation_subset_spans_the_whole_split(data_dir):
     assert len(subset) == 4 and len(everything) > 8
     assert subset[0] == everything[0] and subset[-1] == everything[-1]  # first and last windows of the split
     assert all(row in everything for row in subset)
+
+
+def test_sample_documents_spreads_over_a_sorted_corpus():
+    docs = [(f"doc{i:03d}", "x" * 10) for i in range(100)]
+    sample = sample_documents(docs, 205)
+    assert len(sample) == 21 and set(sample) <= set(docs)  # whole documents until the budget is passed
+    assert sample == sample_documents(docs, 205) != sample_documents(docs, 205, seed=1)
+    picked = sorted(int(name[3:]) for name, _ in sample)
+    assert picked[-1] - picked[0] > 50 and picked != list(range(21))  # not the head of the sorted list
+    assert sample_documents(docs, 10**6) != docs and sorted(sample_documents(docs, 10**6)) == docs

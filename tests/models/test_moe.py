@@ -8,7 +8,15 @@ import torch
 
 from llmlab.common.errors import UserError
 from llmlab.models import ModelConfig, Transformer
-from llmlab.models.moe import MoE, capacity, load_balancing_loss, route, router_z_loss, within_capacity
+from llmlab.models.moe import (
+    MoE,
+    _sort_by_expert,
+    capacity,
+    load_balancing_loss,
+    route,
+    router_z_loss,
+    within_capacity,
+)
 from llmlab.train.moe_loss import moe_lm_loss, with_aux_loss
 from llmlab.train.objectives import lm_loss
 
@@ -106,22 +114,39 @@ def test_loop_and_batched_paths_agree_in_values_and_gradients(kw):
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(3, 17, config.n_embd)
     results = []
-    for impl in ("loop", "batched"):
+    for impl in ("loop", "sorted", "batched"):
         moe.impl = impl
         moe.zero_grad()
         y = moe(x)
         (y.pow(2).sum() + moe.aux["balance"] + moe.aux["z"]).backward()
         results.append((y.detach(), {n: p.grad.clone() for n, p in moe.named_parameters()}, moe.load))
-    (y1, g1, load1), (y2, g2, load2) = results
-    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
-    for name in g1:
-        torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4)
-    assert torch.equal(load1["tokens"], load2["tokens"])
+    (y1, g1, load1) = results[0]
+    for y2, g2, load2 in results[1:]:
+        torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+        for name in g1:
+            torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4)
+        assert torch.equal(load1["tokens"], load2["tokens"])
     n_assign = 3 * 17 * config.expert_top_k
     assert int(load1["tokens"].sum()) + int(load1["dropped"]) == n_assign
     if config.capacity_factor:
         assert int(load1["dropped"]) > 0  # 0.5 of an even load cannot hold every token
         assert int(load1["tokens"].max()) <= capacity(3 * 17, config.expert_top_k, config.n_expert, 0.5)
+
+
+def test_sort_by_expert_worked_example():
+    experts, weights = torch.tensor([[1, 0], [1, 2]]), torch.tensor([[0.6, 0.4], [0.7, 0.3]])
+    token, expert, weight, counts = _sort_by_expert(experts, weights, torch.ones(2, 2, dtype=torch.bool), 3)
+    assert token.tolist() == [0, 0, 1, 1] and expert.tolist() == [0, 1, 1, 2] and counts.tolist() == [1, 2, 1]
+    torch.testing.assert_close(weight, torch.tensor([0.4, 0.6, 0.7, 0.3]))
+
+
+def test_auto_path_and_unknown_path():
+    moe = MoE(_config())
+    x = torch.randn(1, 5, 32)
+    assert moe._impl_for(x) == "sorted"  # on CPU; "batched" on CUDA
+    moe.impl = "fastest"
+    with pytest.raises(ValueError, match="fastest"):
+        moe(x)
 
 
 def test_dropped_assignment_leaves_only_the_residual():
@@ -136,7 +161,7 @@ def test_dropped_assignment_leaves_only_the_residual():
     assert int(moe.load["dropped"]) == 10 - int(served)
 
 
-def test_non_linear_experts_fall_back_to_the_loop():
+def test_non_linear_experts_take_the_sorted_path():
     from llmlab.finetune.methods import apply_method
 
     torch.manual_seed(0)
@@ -146,7 +171,10 @@ def test_non_linear_experts_fall_back_to_the_loop():
         before = model(idx)
     apply_method(model, {"name": "lora", "rank": 4, "alpha": 8, "targets": ["gate_proj", "up_proj", "down_proj"]})
     assert not model.blocks[0].mlp._stackable()
-    with torch.no_grad():  # LoRA's B starts at zero: the same function, now through the loop
+    with torch.no_grad():  # LoRA's B starts at zero: the same function, now through the sorted path
+        model.set_moe("batched")
+        torch.testing.assert_close(model(idx), before, atol=1e-5, rtol=0)
+        model.set_moe("loop")
         torch.testing.assert_close(model(idx), before, atol=1e-5, rtol=0)
 
 

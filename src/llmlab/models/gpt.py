@@ -90,7 +90,7 @@ class Transformer(nn.Module):
             block.attn.impl = impl
 
     def set_moe(self, impl: str) -> None:
-        """Switch every mixture-of-experts layer between "batched" (fast) and "loop" (readable) experts."""
+        """Set every mixture-of-experts layer's experts path: "auto", "loop" (readable), "sorted" or "batched"."""
         for block in self.blocks:
             if isinstance(block.mlp, MoE):
                 block.mlp.impl = impl

@@ -7,9 +7,14 @@ What it does, in order (each step a small function below, so a test can check it
 2. capacity (optional): each expert takes at most ceil(capacity_factor * N * k / E) assignments; first
    choices are served before second ones (GShard), earlier tokens before later ones. A dropped assignment
    adds nothing, the token passes on through the residual. None means no limit, as HF runs inference;
-3. experts: a readable path (a loop over experts, each on the tokens routed to it) and a batched one
-   (tokens sorted by expert into a padded (E, max_load, C) buffer, every expert run at once with `vmap`
-   over the stacked weights). Tests hold them equal;
+3. experts, three ways that tests hold equal (`impl`):
+   - "loop", the readable one: each expert finds its tokens, runs on them and adds its weighted output back;
+   - "sorted": the assignments sorted by expert once, so each expert's tokens are one contiguous slice of a
+     single gather; one weighted scatter (index_add) at the end. Any expert module works (LoRA, quantised);
+   - "batched": the sorted tokens padded into an (E, max_load, C) buffer and every expert's matrix applied
+     at once with one `bmm` per projection over the stacked weights: a constant number of kernels however
+     many experts (what a GPU wants), paid for with the padding's wasted rows;
+   - "auto" (the default): "batched" on CUDA, "sorted" elsewhere (benchmarks/moe_paths.py measures all three);
 4. an optional shared expert every token goes through, scaled by a sigmoid gate (Qwen2-MoE).
 
 After each forward the module keeps `aux` (the load-balancing loss and router z-loss, for training) and
@@ -28,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.models.config import ModelConfig
-from llmlab.models.layers import MLPS
+from llmlab.models.layers import MLPS, GeluMLP, SwiGLUMLP
 
 
 def route(logits: torch.Tensor, k: int, softmax: str = "after",
@@ -97,7 +102,7 @@ class MoE(nn.Module):
             shared = dataclasses.replace(config, intermediate_size=config.shared_expert_size)
             self.shared_expert = MLPS[config.mlp](shared)
             self.shared_gate = nn.Linear(config.n_embd, 1, bias=False)
-        self.impl = "batched"  # or "loop"; both give the same numbers
+        self.impl = "auto"  # or "loop", "sorted", "batched"; all give the same numbers
         self.aux: dict[str, torch.Tensor] = {}
         self.load: dict[str, torch.Tensor] = {}
 
@@ -108,8 +113,7 @@ class MoE(nn.Module):
         weights, experts = route(logits, self.k, self.softmax, self.norm_topk_prob)  # (N, k) each
         keep = within_capacity(experts, self.n_expert, capacity(B * T, self.k, self.n_expert, self.capacity_factor))
         weights = weights.to(x.dtype)
-        fast = self.impl == "batched" and self._stackable()
-        out = self._batched(flat, weights, experts, keep) if fast else self._loop(flat, weights, experts, keep)
+        out = IMPLS[self._impl_for(x)](self, flat, weights, experts, keep)
         if self.shared_expert is not None:
             out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared_expert(flat)
         self.aux = {"balance": load_balancing_loss(logits, experts, self.n_expert), "z": router_z_loss(logits)}
@@ -117,37 +121,84 @@ class MoE(nn.Module):
                      "dropped": (~keep).sum().detach()}
         return out.view(B, T, C)
 
-    def _loop(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor,
-              keep: torch.Tensor) -> torch.Tensor:
-        """Readable path: each expert runs on its tokens; outputs are weighted and added back in place."""
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            token, slot = torch.where((experts == e) & keep)  # which tokens chose e, and as which choice
-            if token.numel():
-                out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
-        return out
+    def _impl_for(self, x: torch.Tensor) -> str:
+        if self.impl not in (*IMPLS, "auto"):
+            raise ValueError(f"MoE impl {self.impl!r} is unknown; choose auto, {', '.join(IMPLS)}")
+        stackable = self._stackable()
+        if self.impl == "auto":
+            return "batched" if x.is_cuda and stackable else "sorted"
+        return "sorted" if self.impl == "batched" and not stackable else self.impl
 
     def _stackable(self) -> bool:
-        """The batched path stacks plain Linear weights; a quantised or LoRA-wrapped expert takes the loop."""
-        return all(type(m) is nn.Linear for expert in self.experts for m in expert.children())
+        """The batched path stacks plain Linear weights; a quantised or LoRA-wrapped expert takes "sorted"."""
+        return type(self.experts[0]) in STACKED_MLPS and all(
+            type(m) is nn.Linear for expert in self.experts for m in expert.children())
 
-    def _batched(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor,
-                 keep: torch.Tensor) -> torch.Tensor:
-        """Fast path: sort assignments by expert, pad each expert's tokens to the busiest one's count,
-        run all experts in one batched call (vmap over the stacked weights), scatter back with index_add."""
-        N, C = x.shape
-        token = torch.arange(N, device=x.device)[:, None].expand_as(experts)[keep]  # (M,) kept assignments
-        expert, weight = experts[keep], weights[keep]  # (M,)
-        order = torch.argsort(expert, stable=True)
-        token, expert, weight = token[order], expert[order], weight[order]
-        counts = torch.bincount(expert, minlength=self.n_expert)  # (E,)
-        starts = torch.cumsum(counts, 0) - counts  # (E,) first sorted assignment of each expert
-        slot = torch.arange(expert.numel(), device=x.device) - starts[expert]  # (M,) row in its expert's block
-        width = int(counts.max()) if expert.numel() else 0
-        buffer = x.new_zeros(self.n_expert, width, C)
-        buffer[expert, slot] = x[token]  # (E, width, C)
-        params = {name: torch.stack([dict(e.named_parameters())[name] for e in self.experts])
-                  for name, _ in self.experts[0].named_parameters()}  # each (E, ...)
-        run = torch.func.vmap(lambda p, h: torch.func.functional_call(self.experts[0], p, (h,)))
-        y = run(params, buffer)  # (E, width, C)
-        return torch.zeros_like(x).index_add_(0, token, y[expert, slot] * weight[:, None])
+
+def _loop(moe: MoE, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, keep: torch.Tensor
+          ) -> torch.Tensor:
+    """Readable path: each expert runs on its tokens; outputs are weighted and added back in place."""
+    out = torch.zeros_like(x)
+    for e, expert in enumerate(moe.experts):
+        token, slot = torch.where((experts == e) & keep)  # which tokens chose e, and as which choice
+        if token.numel():
+            out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+    return out
+
+
+def _sort_by_expert(experts: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor, n_expert: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept assignments in expert order: (token, expert, weight) each (M,), and counts (E,).
+
+    Example: experts [[1, 0], [1, 2]], all kept -> token [0, 0, 1, 1], expert [0, 1, 1, 2], counts [1, 2, 1].
+    """
+    token = torch.arange(experts.shape[0], device=experts.device)[:, None].expand_as(experts)[keep]  # (M,)
+    expert, weight = experts[keep], weights[keep]  # (M,)
+    order = torch.argsort(expert, stable=True)  # stable: within an expert, tokens stay in order
+    return token[order], expert[order], weight[order], torch.bincount(expert, minlength=n_expert)
+
+
+def _sorted(moe: MoE, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, keep: torch.Tensor
+            ) -> torch.Tensor:
+    """One gather of every assignment's token in expert order; expert e runs on its contiguous slice."""
+    token, _, weight, counts = _sort_by_expert(experts, weights, keep, moe.n_expert)
+    groups = x[token].split(counts.tolist())  # E slices of (n_e, C)
+    y = torch.cat([expert(h) for expert, h in zip(moe.experts, groups, strict=True)])  # (M, C)
+    return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
+
+
+def _stacked_linear(moe: MoE, name: str, h: torch.Tensor) -> torch.Tensor:
+    """Every expert's Linear `name` at once: h (E, W, in) -> (E, W, out), weights stacked to (E, out, in)."""
+    layers = [getattr(expert, name) for expert in moe.experts]
+    y = torch.bmm(h, torch.stack([m.weight for m in layers]).transpose(1, 2))  # (E, W, out)
+    return y if layers[0].bias is None else y + torch.stack([m.bias for m in layers])[:, None]
+
+
+def _stacked_gelu(moe: MoE, h: torch.Tensor) -> torch.Tensor:
+    return _stacked_linear(moe, "down_proj", F.gelu(_stacked_linear(moe, "up_proj", h), approximate="tanh"))
+
+
+def _stacked_swiglu(moe: MoE, h: torch.Tensor) -> torch.Tensor:
+    gate, up = _stacked_linear(moe, "gate_proj", h), _stacked_linear(moe, "up_proj", h)
+    return _stacked_linear(moe, "down_proj", F.silu(gate) * up)
+
+
+# each expert MLP's forward (layers.py) over stacked weights; the equality tests hold the pairs together
+STACKED_MLPS = {GeluMLP: _stacked_gelu, SwiGLUMLP: _stacked_swiglu}
+
+
+def _batched(moe: MoE, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, keep: torch.Tensor
+             ) -> torch.Tensor:
+    """Padded path: expert e's tokens fill rows e*W .. e*W + n_e - 1 of an (E*W, C) buffer, W the busiest
+    expert's count; one bmm per projection runs all experts; the real rows are weighted and scattered back."""
+    N, C = x.shape
+    token, expert, weight, counts = _sort_by_expert(experts, weights, keep, moe.n_expert)
+    width = int(counts.max()) if token.numel() else 0
+    starts = torch.cumsum(counts, 0) - counts  # (E,) first sorted assignment of each expert
+    row = expert * width + torch.arange(token.numel(), device=x.device) - starts[expert]  # (M,) buffer row
+    buffer = x.new_zeros(moe.n_expert * width, C).index_copy(0, row, x[token])
+    y = STACKED_MLPS[type(moe.experts[0])](moe, buffer.view(moe.n_expert, width, C))  # (E, W, C)
+    return torch.zeros_like(x).index_add_(0, token, y.reshape(-1, C)[row] * weight[:, None])
+
+
+IMPLS = {"loop": _loop, "sorted": _sorted, "batched": _batched}

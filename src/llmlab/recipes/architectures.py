@@ -31,7 +31,7 @@ from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
 from llmlab.data.masking import mlm_mask, span_corruption
-from llmlab.data.sources import default_corpus, leading_text, read_documents, split_documents
+from llmlab.data.sources import default_corpus, leading_text, read_documents, sample_documents, split_documents
 from llmlab.data.translation import parity_rows, translation_split
 from llmlab.eval.metrics import bleu
 from llmlab.infer.generate import generate_batch
@@ -120,11 +120,14 @@ def _corpus_ids(args: EncoderPretrainArgs, specials: list[str]) -> tuple[Tokeniz
     """A tokenizer trained on the corpus and the train/validation text as two flat id tensors."""
     docs = read_documents(args.corpus) if args.corpus else default_corpus()
     train_docs, val_docs = split_documents(docs)
+    # documents drawn from the whole corpus, not its sorted head: see sample_documents for what the head holds
+    train_docs = sample_documents(train_docs, args.max_chars)
+    val_docs = sample_documents(val_docs, max(args.max_chars // 20, 20_000))
     tok = Tokenizer.train(leading_text(train_docs, min(args.max_chars, 1_000_000)), args.vocab_size,
                           special_tokens=specials)
     flat = []
-    for part, budget in ((train_docs, args.max_chars), (val_docs, max(args.max_chars // 20, 20_000))):
-        ids = tok.encode(leading_text(part, budget))
+    for part in (train_docs, val_docs):
+        ids = tok.encode("".join(text for _, text in part))
         if len(ids) <= args.seq_len + 1:
             raise UserError(f"--corpus: too little text ({len(ids)} tokens) for windows of --seq-len {args.seq_len}")
         flat.append(torch.tensor(ids, dtype=torch.long))

@@ -27,7 +27,7 @@ from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
 from llmlab.data.loader import WindowSampler, read_manifest, sequential_windows
 from llmlab.data.shards import prepare
-from llmlab.data.sources import default_corpus, read_documents, split_documents
+from llmlab.data.sources import default_corpus, leading_text, read_documents, sample_documents, split_documents
 from llmlab.eval.bpb import model_bpb
 from llmlab.eval.loss import mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
@@ -129,22 +129,14 @@ def _data(args: CompareArgs) -> Path:
     if not (data_dir / "manifest.json").is_file():
         docs = read_documents(args.corpus) if args.corpus else default_corpus()
         train_docs, val_docs = split_documents(docs)
-        train_docs, val_docs = _first_chars(train_docs, args.max_chars), _first_chars(val_docs, args.max_chars // 20)
-        text = "".join(t for _, t in train_docs)
-        log.info(f"data: a {args.vocab_size}-token BPE tokenizer on {len(text) / 1e6:.1f}M characters")
-        tokenizer = Tokenizer.train(text[:1_000_000], args.vocab_size, progress=args.progress)
+        # documents drawn from the whole corpus, not its sorted head (see sample_documents)
+        train_docs = sample_documents(train_docs, args.max_chars)
+        val_docs = sample_documents(val_docs, args.max_chars // 20)
+        log.info(f"data: a {args.vocab_size}-token BPE tokenizer on the first 1M of "
+                 f"{sum(len(t) for _, t in train_docs) / 1e6:.1f}M characters")
+        tokenizer = Tokenizer.train(leading_text(train_docs, 1_000_000), args.vocab_size, progress=args.progress)
         prepare(train_docs, val_docs, tokenizer, data_dir)
     return data_dir
-
-
-def _first_chars(docs: list, max_chars: int) -> list:
-    out, total = [], 0
-    for doc in docs:
-        if total >= max_chars:
-            break
-        out.append(doc)
-        total += len(doc[1])
-    return out
 
 
 def _base(args: CompareArgs, vocab_size: int, **fields: Any) -> ModelConfig:
