@@ -20,6 +20,7 @@ def test_mlm_trains_saves_and_reopens(tmp_path, corpus_dir):
     summary = mlm(MLMArgs(out=str(tmp_path / "mlm"), corpus=[str(corpus_dir)], **TINY))
     assert summary["steps"] == 6 and 0 <= summary["heldout_accuracy"] <= 1
     assert summary["final_train_loss"] < summary["model"].config.vocab_size  # finite
+    assert summary["recent_train_loss"] == pytest.approx(summary["final_train_loss"])  # 6 steps: the last tenth is 1
     loaded = llmlab.load(tmp_path / "mlm")
     assert isinstance(loaded.model, Bert)
     ids = torch.tensor([[loaded.tokenizer.special_tokens["<|cls|>"], 5, 6, 7]])

@@ -159,16 +159,23 @@ def _heldout(model, batches: list[tuple]) -> tuple[float, float]:
     return loss / max(n, 1), right / max(n, 1)
 
 
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 def _finish(args, model, tok, state: TrainState, heldout: tuple[float, float], extra: dict) -> dict:
     out = Path(args.out)
     _save(model, out / "checkpoint", tok, dataclasses.asdict(args), state)
     plot_loss_curve(state.history, out / "loss.png", title=f"{type(model).__name__} pretraining")
     summary = {"n_params": count_parameters(model), "steps": state.step, "train_s": state.elapsed_s,
                "final_train_loss": state.history[-1]["loss"] if state.history else None,
+               # one step's loss is one batch's; the mean of the last tenth is what held-out loss compares with
+               "recent_train_loss": _mean([r["loss"] for r in state.history[-max(1, len(state.history) // 10):]]),
                "heldout_loss": heldout[0], "heldout_accuracy": heldout[1], **extra,
                "checkpoint": str(out / "checkpoint")}
     write_json_atomic(out / "summary.json", summary)
-    log.info(f"done: held-out loss {heldout[0]:.3f}, accuracy {heldout[1]:.3f}; checkpoint in {out / 'checkpoint'}")
+    log.info(f"done: train loss {summary['recent_train_loss'] or float('nan'):.3f} (last tenth of steps), "
+             f"held-out loss {heldout[0]:.3f}, accuracy {heldout[1]:.3f}; checkpoint in {out / 'checkpoint'}")
     return {**summary, "model": model, "tokenizer": tok}
 
 
