@@ -1,9 +1,9 @@
 """The end of a lab's notebook: the learner's code inside llmlab's real model, trained next to llmlab's own.
 
 `compare_training(edits)` trains copies of one small byte-level decoder on the same batches from the same
-initial weights, each changed in place by its edit: llmlab's model as it is, and the learner's attention or
-norm swapped in (`use_attention`, `use_norm`), or their LoRA layers added. Equal components give loss
-curves that lie on top of each other; a wrong one shows.
+initial weights, each changed in place by its edit: llmlab's model as it is, and the learner's attention,
+norm or MLP swapped in (`use_attention`, `use_norm`, `use_module`), or their LoRA layers added. Equal
+components give loss curves that lie on top of each other; a wrong one shows.
 `plot_runs` draws them. The text is the start of the default corpus (Python's own sources), read as bytes,
 so nothing needs a tokenizer or a download. This file does not check anything: that is each lab's checks.py.
 """
@@ -59,15 +59,22 @@ def use_attention(model: Transformer, fn: Callable) -> Transformer:
     return model
 
 
-def use_norm(model: Transformer, cls: type) -> Transformer:
-    """Replace every norm of `model` of `cls`'s name (LayerNorm or RMSNorm) by `cls(dim, eps)`, weights kept."""
-    names = [n for n, m in model.named_modules() if type(m).__name__ == cls.__name__ and type(m) is not cls]
-    for name in names:
+def use_module(model: Transformer, kind: str, make: Callable[[nn.Module], nn.Module]) -> Transformer:
+    """Replace every module of `model` whose class is named `kind` ("GeluMLP", "RMSNorm") by `make(old)`,
+    with the old one's weights loaded into it (so the names of its parameters must match), in place."""
+    for name in [n for n, m in model.named_modules() if type(m).__name__ == kind]:
         old = model.get_submodule(name)
-        new = cls(old.weight.shape[0], eps=old.eps)
-        new.load_state_dict(old.state_dict())
-        replace_module(model, name, new)
+        new = make(old)
+        if new is not old:
+            new.load_state_dict(old.state_dict())
+            replace_module(model, name, new)
     return model
+
+
+def use_norm(model: Transformer, cls: type) -> Transformer:
+    """Every norm of `cls`'s name (LayerNorm or RMSNorm) becomes `cls(dim, eps=...)`, weights kept."""
+    return use_module(model, cls.__name__, lambda old: old if type(old) is cls else cls(old.weight.shape[0],
+                                                                                        eps=old.eps))
 
 
 @dataclass

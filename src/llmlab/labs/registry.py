@@ -84,6 +84,10 @@ class Lab:
 
 
 LABS = [
+    Lab("pytorch-basics", "tensors, broadcasting, matmul shapes, a stable softmax, gradients by hand and by autograd",
+        30, "AMD labs 02 and 03; 8-week course 1.2", "pytorch_basics"),
+    Lab("modules", "nn.Module from scratch: a linear layer, an MLP, counting parameters, saving and loading", 35,
+        "AMD labs 03 and 09", "modules"),
     Lab("attention", "scaled dot-product attention, the causal mask, multi-head and cross-attention", 45,
         "AMD lab 06; 8-week course 2.1 and 3.1", "attention"),
     Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
