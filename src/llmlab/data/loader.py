@@ -3,7 +3,10 @@
 Pretraining samples random windows (inputs idx, targets shifted by one) from the
 shards without reading them into memory. The sampler's state is a plain dict
 (numpy's PCG64 state), so a checkpoint stores it as JSON and a resumed run
-draws exactly the windows the uninterrupted run would have drawn. Fine-tuning
+draws exactly the windows the uninterrupted run would have drawn. On several
+processes every one draws the same global batch from the same stream and reads
+only its own rows, so N processes train on exactly what one process would.
+Fine-tuning
 data is small: `EpochBatches` serves it epoch after epoch, reshuffled per epoch,
 and a count of batches served is all a resumed run needs.
 """
@@ -45,9 +48,20 @@ def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
 
 
 class WindowSampler:
-    """Random (idx, targets) windows of seq_len tokens, each from one shard, reproducible by state."""
+    """Random (idx, targets) windows of seq_len tokens, each from one shard, reproducible by state.
 
-    def __init__(self, data_dir: str | Path, split: str, batch_size: int, seq_len: int, seed: int = 0):
+    `batch_size` is the global batch. Process `rank` of `world_size` gets rows rank*b .. (rank+1)*b - 1 of
+    it (b = batch_size / world_size) and reads only those from the shards; the stream, and so the state, is
+    the same on every process, which is why a run may resume on another number of processes.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str, batch_size: int, seq_len: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"batch_size {batch_size} does not split into {world_size} equal parts "
+                             f"(or rank {rank} is not one of them)")
+        per_rank = batch_size // world_size
+        self.rows = range(rank * per_rank, (rank + 1) * per_rank)
         self.shards = [s for s in open_split(data_dir, split) if len(s) > seq_len]
         if not self.shards:
             raise UserError(f"{data_dir}: the {split} split has no shard longer than seq_len={seq_len} tokens; "
@@ -61,10 +75,11 @@ class WindowSampler:
         B, T = self.batch_size, self.seq_len
         which = self.rng.choice(len(self.shards), size=B, p=self.shard_weights)
         rows = []
-        for s in which:
-            start = int(self.rng.integers(0, len(self.shards[s]) - T))
-            rows.append(np.asarray(self.shards[s][start:start + T + 1], dtype=np.int64))
-        batch = torch.from_numpy(np.stack(rows))  # (B, T+1)
+        for i, s in enumerate(which):
+            start = int(self.rng.integers(0, len(self.shards[s]) - T))  # drawn for every row: one stream
+            if i in self.rows:
+                rows.append(np.asarray(self.shards[s][start:start + T + 1], dtype=np.int64))
+        batch = torch.from_numpy(np.stack(rows))  # (B / world_size, T+1)
         return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self) -> dict:

@@ -4,13 +4,15 @@ It knows nothing about text or files: batches come from `next_batch`, the
 loss from `loss_fn`, and saving is a callback, so pretraining and fine-tuning
 share it. What it guarantees: a non-finite loss stops the run (or, opt-in, is
 skipped up to a cap) before anything is saved, and a run resumed from a
-checkpoint continues exactly as the uninterrupted run would have.
+checkpoint continues exactly as the uninterrupted run would have. On several
+processes it meets the others only through a `Parallelism` (the default is one
+process; `llmlab.train.distributed.Collectives` is the real one).
 """
 
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +52,32 @@ class LoopSettings:
     show: tuple[str, ...] = ()  # more keys of the loss_fn's per-step metrics for the progress bar
 
 
+class Parallelism:
+    """Where the loop meets other processes; this default is a single process.
+
+    Every process runs the same loop. They must agree on every decision (skip a step, stop, evaluate, save),
+    so the loss that decides is averaged over processes and the clock that decides is rank 0's.
+    """
+
+    world_size = 1  # processes in the run
+    data_parallel = 1  # of them, how many train on their own rows of the batch
+    main = True  # the process that shows progress
+
+    def accumulate(self, model: torch.nn.Module) -> AbstractContextManager:
+        """Around the forward and backward of each micro-batch but the last (DDP's `no_sync`)."""
+        return nullcontext()
+
+    def mean(self, value: float) -> float:
+        return value
+
+    def agree(self, value: float) -> float:
+        """Rank 0's value, on every process."""
+        return value
+
+    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -66,8 +94,9 @@ class TrainState:
 def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
                settings: LoopSettings, state: TrainState, *, evaluate: Callable[[], float] | None = None,
                save: Callable[[TrainState], None] | None = None, loss_fn: Callable = lm_loss,
-               autocast_dtype: torch.dtype | None = None) -> TrainState:
+               autocast_dtype: torch.dtype | None = None, parallel: Parallelism | None = None) -> TrainState:
     """Run from state.step to settings.max_steps; returns the final state (also passed to `save`)."""
+    parallel = parallel or Parallelism()
     device = next(model.parameters()).device
     params = [p for g in optimizer.param_groups for p in g["params"]]
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -77,30 +106,33 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     # a run on a time budget counts seconds, since its step count is only a cap
     bar = tqdm(total=round(settings.max_seconds) if by_time else settings.max_steps,
                initial=round(start_elapsed) if by_time else state.step, unit="s" if by_time else "step",
-               disable=not settings.progress, dynamic_ncols=True)
+               disable=not (settings.progress and parallel.main), dynamic_ncols=True)
     model.train()
     while state.step < settings.max_steps:
         t0 = time.perf_counter()
         progress = None
         if by_time:
-            progress = (start_elapsed + time.perf_counter() - start_time) / settings.max_seconds
+            progress = parallel.agree(start_elapsed + time.perf_counter() - start_time) / settings.max_seconds
         lr = lr_at(state.step, settings.max_steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio,
                    progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, n_tokens, metrics = 0.0, 0, {}
-        for _ in range(settings.grad_accum):
+        for micro in range(settings.grad_accum):
             batch = next_batch()
-            with amp:
-                out = loss_fn(model, batch)
-            # a loss_fn may also return {name: number} to log per step (DPO's rewards/margins), averaged
-            loss, extra = out if isinstance(out, tuple) else (out, {})
-            loss = loss / settings.grad_accum
-            loss.backward()
+            # gradients meet across processes once per step, after the last micro-batch
+            with parallel.accumulate(model) if micro < settings.grad_accum - 1 else nullcontext():
+                with amp:
+                    out = loss_fn(model, batch)
+                # a loss_fn may also return {name: number} to log per step (DPO's rewards/margins), averaged
+                loss, extra = out if isinstance(out, tuple) else (out, {})
+                loss = loss / settings.grad_accum
+                loss.backward()
             loss_sum += loss.item()
-            n_tokens += batch[0].numel()
+            n_tokens += batch[0].numel() * parallel.data_parallel
             for k, v in extra.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / settings.grad_accum
+        loss_sum = parallel.mean(loss_sum)
         if not math.isfinite(loss_sum):
             optimizer.zero_grad(set_to_none=True)
             state.bad_steps += 1
@@ -110,7 +142,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
                                 "the last good checkpoint is untouched; lower --lr or allow --skip-bad-steps N")
             state.step += 1
             continue
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip) if settings.grad_clip > 0 else None
+        grad_norm = parallel.clip_grad_norm(params, settings.grad_clip) if settings.grad_clip > 0 else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -118,11 +150,11 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
         dt = time.perf_counter() - t0
         state.step += 1
         state.tokens_seen += n_tokens
-        state.elapsed_s = start_elapsed + time.perf_counter() - start_time
+        state.elapsed_s = parallel.agree(start_elapsed + time.perf_counter() - start_time)
         row = {"step": state.step, "loss": loss_sum, "lr": lr, "tokens_per_s": n_tokens / dt,
                "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics}
         if settings.flops_per_token and peak:
-            row["mfu"] = settings.flops_per_token * n_tokens / dt / peak
+            row["mfu"] = settings.flops_per_token * n_tokens / dt / (peak * parallel.world_size)
         last = state.step == settings.max_steps
         stop_now = (settings.max_seconds is not None and state.elapsed_s >= settings.max_seconds) or (
             settings.stop_at is not None and state.step >= settings.stop_at)

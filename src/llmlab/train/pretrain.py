@@ -4,7 +4,10 @@
 exactly if asked (weights, optimizer moments, RNG and sampler state), runs the
 shared loop and writes `<out>/checkpoint` (see `llmlab.common.checkpoint`) and
 `<out>/history.json`. The `llmlab pretrain` and `llmlab speedrun` recipes both
-call it with their own settings; scaling sweeps can call it many times.
+call it with their own settings; scaling sweeps can call it many times. With a
+`strategy` other than "none" it runs as one of several processes (a process
+group must be joined: `llmlab.train.distributed`); `batch_size` is then per
+data-parallel process, and the checkpoint is the same folder one process writes.
 """
 
 import time
@@ -23,22 +26,26 @@ from llmlab.data.loader import WindowSampler, read_manifest, sequential_windows
 from llmlab.eval.loss import mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
 from llmlab.models.gpt import count_parameters, flops_per_token
+from llmlab.train import distributed
 from llmlab.train.loop import LoopSettings, TrainState, train_loop
 from llmlab.train.moe_loss import moe_lm_loss
 from llmlab.train.objectives import lm_loss
-from llmlab.train.optimizers import build_optimizer
 
 
 def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, settings: LoopSettings, *,
              batch_size: int, weight_decay: float = 0.1, seed: int = 1337, device: torch.device | str = "cpu",
              compile: bool = False, eval_tokens: int = 32768, resume: bool = False,
-             run: dict[str, Any] | None = None, resume_keys: Iterable[str] = (), optimizer_name: str = "adamw") -> dict:
+             run: dict[str, Any] | None = None, resume_keys: Iterable[str] = (), optimizer_name: str = "adamw",
+             strategy: str = "none", tp_size: int | None = None, mixed_precision: str = "none") -> dict:
     """Train a fresh `Transformer(model_config)` (or resume `<out>/checkpoint`) on the shards in `data_dir`.
 
     `run` (the caller's arguments) is stored in every checkpoint; on resume, the keys in `resume_keys`
     and the model config must equal the stored ones. `optimizer_name` is a key of
-    `llmlab.train.optimizers.OPTIMIZERS`. Returns a summary: n_params, steps, tokens_seen,
-    tokens_per_s, final losses, history, and the trained model and tokenizer.
+    `llmlab.train.optimizers.OPTIMIZERS`. `strategy`, `tp_size` and `mixed_precision`: see
+    `llmlab.train.distributed`; `run["global_batch"]` (batch_size times the data-parallel processes) is
+    set here, and a run may resume on another number of processes if it is unchanged. Returns a summary:
+    n_params, steps, tokens_seen, tokens_per_s, final losses, history, and the trained model (sharded,
+    under fsdp or tp) and tokenizer.
     """
     from llmlab.tokenizer import Tokenizer
 
@@ -47,16 +54,23 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
     run = dict(run or {})
     manifest = read_manifest(data_dir)
     tokenizer = Tokenizer.load(Path(data_dir) / manifest.get("tokenizer", TOKENIZER_FILE))
-    seed_everything(seed)
+    layout = distributed.make_layout(strategy, model_config, device, tp_size, mixed_precision)
+    device = layout.device
+    run["global_batch"] = batch_size * layout.dp
+    seed_everything(seed)  # the same seed everywhere: equal initial weights, equal dropout masks
     model = Transformer(model_config).to(device)
-    optimizer = build_optimizer(optimizer_name, model, settings.lr, weight_decay, device_type=device.type)
-    sampler = WindowSampler(data_dir, "train", batch_size, model_config.seq_len, seed=seed)
+    train_model = distributed.parallelize(model, layout, mixed_precision)
+    optimizer = distributed.make_optimizer(optimizer_name, model, settings.lr, weight_decay, layout)
+    sampler = WindowSampler(data_dir, "train", batch_size * layout.dp, model_config.seq_len, seed=seed,
+                            rank=layout.dp_rank, world_size=layout.dp)
     state = TrainState()
     if resume:
         meta = checkpoint.read_meta(ckpt)
-        checkpoint.check_resume(meta.get("run", {}), run, resume_keys, ckpt)
+        saved_run = meta.get("run", {})
+        saved_run.setdefault("global_batch", saved_run.get("batch_size"))  # folders from before processes
+        checkpoint.check_resume(saved_run, run, resume_keys, ckpt)
         checkpoint.check_resume(meta["model"], model_config.to_dict(), model_config.to_dict(), ckpt)
-        checkpoint.restore_training_state(ckpt, model, optimizer)
+        distributed.restore_training_state(ckpt, model, optimizer, layout)
         sampler.load_state_dict(meta["sampler"])
         state = TrainState(**meta["state"])
         log.info(f"resumed from {ckpt} at step {state.step}")
@@ -66,9 +80,10 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
         raise UserError(f"{ckpt} already exists; resume it or choose a new output folder")
     out.mkdir(parents=True, exist_ok=True)
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None  # float32 on CPU: bf16 matmuls are slow there
-    train_model = torch.compile(model) if compile else model
+    train_model = torch.compile(train_model) if compile else train_model
     n_params = count_parameters(model)
-    log.info(f"model: {n_params / 1e6:.2f}M parameters, on {device}")
+    where = f", {layout.strategy} over {layout.world_size} processes" if layout.strategy != "none" else ""
+    log.info(f"model: {n_params / 1e6:.2f}M parameters, on {device}{where}")
 
     def next_batch():
         idx, targets = sampler.next_batch()
@@ -81,15 +96,17 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
     def save(st: TrainState) -> None:
         meta = {"run": run, "state": st.to_dict(), "sampler": sampler.state_dict(), "tokens_seen": st.tokens_seen,
                 "step": st.step}
-        checkpoint.save_checkpoint(ckpt, model, meta, tokenizer=tokenizer, optimizer=optimizer)
-        write_json_atomic(out / "history.json", st.history)
+        distributed.save_checkpoint(ckpt, model, optimizer, meta, layout, tokenizer=tokenizer)
+        if layout.main:
+            write_json_atomic(out / "history.json", st.history)
 
     settings.flops_per_token = settings.flops_per_token or flops_per_token(model_config)
     t0 = time.perf_counter()
     # a mixture of experts also minimises its router's balance and z losses (llmlab.train.moe_loss)
     loss_fn = moe_lm_loss if model_config.n_expert else lm_loss
     state = train_loop(train_model, optimizer, next_batch, settings, state, evaluate=evaluate, save=save,
-                       loss_fn=loss_fn, autocast_dtype=amp_dtype)
+                       loss_fn=loss_fn, autocast_dtype=amp_dtype,
+                       parallel=distributed.Collectives(layout) if layout.strategy != "none" else None)
     wall = time.perf_counter() - t0
     rows = state.history
     trained = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][-50:]
