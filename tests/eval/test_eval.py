@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from llmlab.eval.bpb import bits_per_byte
 from llmlab.eval.classification import confusion_matrix, evaluate_classifier
 from llmlab.eval.exact_match import exact_match, exact_match_score, normalize_answer
-from llmlab.eval.loss import heldout_loss, mean_heldout_loss
+from llmlab.eval.loss import heldout_loss, loss_by_position, mean_heldout_loss
 from llmlab.models import Transformer, get_preset
 from llmlab.train.objectives import sft_loss
 
@@ -35,6 +35,23 @@ def test_heldout_loss_is_cross_entropy_over_real_targets():
         assert math.isclose(sft_loss(model, (idx, targets)).item(), total / count, rel_tol=1e-5)
     assert math.isclose(mean_heldout_loss(model, [(idx, targets)]), total / count, rel_tol=1e-5)
     assert math.isnan(mean_heldout_loss(model, [(idx, torch.full_like(targets, -100))]))
+
+
+def test_loss_by_position_averages_each_column_over_its_targets():
+    model = tiny()
+    idx, targets = torch.randint(0, 128, (3, 16)), torch.randint(0, 128, (3, 16))
+    targets[0, 3] = -100
+    with torch.no_grad():
+        per_token = F.cross_entropy(model(idx).transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    short = (idx[:1, :7], targets[:1, :7])  # a shorter last window adds to its first positions only
+    with torch.no_grad():
+        extra = F.cross_entropy(model(short[0]).transpose(1, 2), short[1], ignore_index=-100, reduction="none")[0]
+    by_position = loss_by_position(model, [(idx, targets), short], seq_len=20)
+    assert len(by_position) == 20 and by_position[16:] == [0.0] * 4
+    rows = [(per_token[i], targets[i]) for i in range(3)] + [(extra, short[1][0])]  # each window's losses
+    expected = [sum(loss[t] for loss, tgt in rows if t < len(tgt) and tgt[t] != -100)
+                / sum(1 for _, tgt in rows if t < len(tgt) and tgt[t] != -100) for t in range(16)]
+    torch.testing.assert_close(torch.tensor(by_position[:16], dtype=torch.float32), torch.stack(expected))
 
 
 def test_bits_per_byte_golden():

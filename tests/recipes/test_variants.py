@@ -59,7 +59,8 @@ def test_positions_comparison(tmp_path, data_dir):
     assert runs["learned"]["bpb_at_2L"] is None and runs["alibi"]["bpb_at_2L"] > 0
     assert all(0 < r["bpb_at_L"] < 8 for r in runs.values())
     assert runs["alibi"]["config"]["seq_len"] == 64 and runs["learned"]["config"]["seq_len"] == 32
-    assert _png(tmp_path / "bpb.png")
+    assert _png(tmp_path / "bpb.png") and _png(tmp_path / "loss_by_position.png")
+    assert len(runs["alibi"]["loss_by_position"]) == 64 and len(runs["learned"]["loss_by_position"]) == 32
 
 
 def test_moe_comparison(tmp_path, data_dir):

@@ -44,3 +44,25 @@ def mean_heldout_loss(model: torch.nn.Module, batches: Iterable[tuple],
     """Mean nats per target token (nan when there are no targets)."""
     total, count = heldout_loss(model, batches, autocast_dtype)
     return total / count if count else float("nan")
+
+
+@torch.no_grad()
+def loss_by_position(model: torch.nn.Module, batches: Iterable[tuple], seq_len: int) -> list[float]:
+    """Mean loss (nats) at each position 0..seq_len-1 of the windows in `batches`, (idx, targets) of at most
+    seq_len tokens: where in its context a model does well, and where it breaks past its training length."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = torch.zeros(seq_len, dtype=torch.float64), torch.zeros(seq_len, dtype=torch.float64)
+    try:
+        for idx, targets in batches:
+            targets = targets.to(device)
+            logits = model(idx.to(device)).float()  # (B, T, V)
+            loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                                   reduction="none")  # (B, T), 0 where there is no target
+            T = idx.shape[1]
+            total[:T] += loss.sum(0).double().cpu()
+            count[:T] += (targets != IGNORE_INDEX).sum(0).double().cpu()
+    finally:
+        model.train(was_training)
+    return (total / count.clamp(min=1)).tolist()

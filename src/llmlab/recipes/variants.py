@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from llmlab.common import log
 from llmlab.common.config import arg
@@ -29,7 +30,7 @@ from llmlab.data.loader import WindowSampler, read_manifest, sequential_windows
 from llmlab.data.shards import prepare
 from llmlab.data.sources import default_corpus, leading_text, read_documents, sample_documents, split_documents
 from llmlab.eval.bpb import model_bpb
-from llmlab.eval.loss import mean_heldout_loss
+from llmlab.eval.loss import loss_by_position, mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
 from llmlab.models.attention_maps import attention_maps, plot_attention_maps
 from llmlab.models.config import POSITIONS
@@ -307,12 +308,15 @@ def positions(args: PositionsArgs) -> dict:
         at_l = model_bpb(run.model, tokenizer, data_dir, batch_size=args.batch_size, seq_len=L)["val_bpb"]
         at_2l = model_bpb(run.model, tokenizer, data_dir, batch_size=args.batch_size // 2 or 1,
                           seq_len=2 * L)["val_bpb"] if extrapolates else None
-        run.extra = {"bpb_at_L": at_l, "bpb_at_2L": at_2l}
+        by_position = loss_by_position(run.model, sequential_windows(data_dir, "val", args.batch_size // 2 or 1,
+                                                                      config.seq_len), config.seq_len)
+        run.extra = {"bpb_at_L": at_l, "bpb_at_2L": at_2l, "loss_by_position": by_position}
         runs.append(run)
         log.info(f"{pos}: {at_l:.4f} bits/byte at {L} tokens, {_fmt(at_2l, 4)} at {2 * L}")
     _plot(out / "loss.png", {r.name: ([h["step"] for h in r.history], [h["loss"] for h in r.history]) for r in runs},
           "step", "train loss (nats/token)", f"positions, trained at {L} tokens")
     _plot_bpb(out / "bpb.png", runs, L)
+    _plot_by_position(out / "loss_by_position.png", runs, L)
     lines = [f"{args.n_layer} layers, width {args.n_embd}, Llama's shape otherwise; trained on {L}-token windows "
              f"for {args.max_steps} steps. Bits per byte over the whole validation split, every token once.", "",
              f"| position | val bpb at {L} | val bpb at {2 * L} | change |", "|---|---|---|---|"]
@@ -321,9 +325,32 @@ def positions(args: PositionsArgs) -> dict:
         lines.append(f"| {r.name} | {a:.4f} | {_fmt(b, 4)} | {_fmt(None if b is None else b - a, 4)} |")
     lines += ["", "A scheme that extrapolates gets lower or equal bpb at 2L (each token sees more context); one that "
               "does not gets worse. Learned positions cannot run past L at all.", "", "![bpb](bpb.png)", "",
-              "![loss](loss.png)"]
+              f"Held-out loss at each position of {2 * L}-token windows (a moving mean over 8 positions): past "
+              f"{L} each scheme meets positions it never trained on.", "",
+              "![loss by position](loss_by_position.png)", "", "![loss](loss.png)"]
     return _finish(out, "Positional variants", lines,
                    {"runs": [r.summary() for r in runs], "args": dataclasses.asdict(args)})
+
+
+def _plot_by_position(path: Path, runs: list[Run], L: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in runs:
+        loss = torch.tensor(r.extra["loss_by_position"])
+        smooth = F.avg_pool1d(loss[None, None], 8, stride=1)[0, 0]  # (T - 7,) moving mean over 8 positions
+        ax.plot(range(4, 4 + len(smooth)), smooth.tolist(), label=r.name, linewidth=1)
+    ax.axvline(L, color="gray", linestyle="--", linewidth=0.8)
+    ax.text(L, ax.get_ylim()[1], f" trained length {L}", va="top", fontsize=8, color="gray")
+    ax.set(xlabel="position in the window", ylabel="held-out loss (nats/token)", title="loss by position")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def _plot_bpb(path: Path, runs: list[Run], L: int) -> None:
@@ -335,7 +362,11 @@ def _plot_bpb(path: Path, runs: list[Run], L: int) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     x = range(len(runs))
     ax.bar([i - 0.2 for i in x], [r.extra["bpb_at_L"] for r in runs], width=0.4, label=f"at {L}")
-    ax.bar([i + 0.2 for i in x], [r.extra["bpb_at_2L"] or 0 for r in runs], width=0.4, label=f"at {2 * L}")
+    at_2l = [(i, r.extra["bpb_at_2L"]) for i, r in enumerate(runs) if r.extra["bpb_at_2L"] is not None]
+    ax.bar([i + 0.2 for i, _ in at_2l], [b for _, b in at_2l], width=0.4, label=f"at {2 * L}")
+    for i, r in enumerate(runs):
+        if r.extra["bpb_at_2L"] is None:  # a learned table has no row past L
+            ax.text(i + 0.2, r.extra["bpb_at_L"], f"no\nposition\npast {L}", ha="center", va="top", fontsize=7)
     ax.set_xticks(list(x), [r.name for r in runs])
     ax.set(ylabel="validation bits per byte", title="positions: training length and twice it")
     ax.set_ylim(bottom=min(r.extra["bpb_at_L"] for r in runs) * 0.9)
