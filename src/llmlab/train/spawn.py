@@ -5,7 +5,8 @@ a `FileStore` in a temporary folder (no port to pick, nothing listening on the n
 `fn(rank, world_size, *args)` in each, and returns the ranks' return values in rank order. The backend is
 NCCL when there is a CUDA GPU per rank, gloo otherwise.
 Processes come from a fork server that has imported torch once (the "forkserver" start method): no OpenMP
-or CUDA state is inherited from the caller, and only the first launch pays torch's few-second import.
+or CUDA state is inherited from the caller, and only the first launch pays torch's few-second import (the
+server starts with the first call, and preloads that call's `fn` module as well).
 
 What it guarantees: it never hangs. A rank that raises makes `spawn` raise `WorkerError` with that rank's
 traceback text; a rank that dies without a word (`os._exit`, a segfault, the OOM killer) makes it raise with
@@ -30,6 +31,9 @@ from typing import Any
 
 # After a rank exits cleanly its result may still be in flight through the queue's pipe; wait this long for it.
 EXIT_GRACE_S = 5.0
+# What the fork server imports once for every launch: torch.optim's first optimizer imports torch._dynamo
+# (seconds, in every fresh process) even when nothing is compiled.
+PRELOAD = ["torch", "torch.distributed", "torch._dynamo"]
 # After the first error report, how long to look for a rank that died first (see _root_cause).
 ROOT_CAUSE_S = 1.0
 
@@ -99,7 +103,7 @@ def spawn(fn: Callable, world_size: int, *args: Any, timeout: float = 300.0, bac
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, cpus // world_size)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed"])
+    ctx.set_forkserver_preload(PRELOAD + ([fn.__module__] if fn.__module__ != "__main__" else []))
     results = ctx.Queue()
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="llmlab-spawn-") as tmp:
