@@ -88,7 +88,7 @@ CELLS = [
         from llmlab.labs.experiments import compare_training, plot_runs, use_attention
 
         runs = compare_training({"llmlab's attention": lambda model: model,
-                                 "your attention": lambda model: use_attention(model, lab.attention)}, steps=120)
+                                 "your attention": lambda model: use_attention(model, lab.attention)}, steps=100)
         gap = max(abs(a - b) for a, b in zip(runs[0].losses, runs[1].losses))
         print(f"largest gap between the two loss curves: {gap:.2g} nats")
         plot_runs(runs, "llmlab's decoder with your attention");

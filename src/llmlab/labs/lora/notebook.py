@@ -70,7 +70,7 @@ CELLS = [
             "full fine-tuning": lambda model: model,
             "llmlab's LoRA": lambda model: apply_lora(model, rank=8, alpha=16),
             "your LoRA": lambda model: lab.add_lora(model, rank=8, alpha=16),
-        }, pretrain_steps=150, data="pydoc/", steps=100)
+        }, pretrain_steps=100, data="pydoc/", steps=80)
         for run in runs:
             print(f"{run.label:>16}: {count_parameters(run.model, trainable_only=True):>7} trainable, "
                   f"held-out loss {run.held_out:.3f}")

@@ -65,7 +65,7 @@ CELLS = [
         def yours(model):
             return use_module(model, "GeluMLP", lambda old: lab.MLP(old.up_proj.in_features, old.up_proj.out_features))
 
-        runs = compare_training({"llmlab's MLP": lambda model: model, "your MLP": yours}, steps=120)
+        runs = compare_training({"llmlab's MLP": lambda model: model, "your MLP": yours}, steps=100)
         model = runs[1].model
         print(f"{lab.count_parameters(model)} parameters, {model.tok_emb.weight.numel()} of them in the tied embedding")
         plot_runs(runs, "llmlab's decoder with your MLP");

@@ -80,7 +80,7 @@ CELLS = [
 
         runs = compare_training({"llmlab's RMSNorm": lambda model: model,
                                  "your RMSNorm": lambda model: use_norm(model, lab.RMSNorm)},
-                                preset="llama-tiny", steps=120)
+                                preset="llama-tiny", steps=100)
         gap = max(abs(a - b) for a, b in zip(runs[0].losses, runs[1].losses))
         print(f"largest gap between the two loss curves: {gap:.2g} nats")
         plot_runs(runs, "llmlab's Llama-style decoder with your RMSNorm");

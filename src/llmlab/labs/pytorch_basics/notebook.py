@@ -87,7 +87,7 @@ CELLS = [
 
         runs = compare_training({"llmlab": lambda model: model,
                                  "your softmax": lambda model: use_attention(model, attention_with_your_softmax)},
-                                steps=120)
+                                steps=100)
         plot_runs(runs, "llmlab's decoder with your softmax in its attention");
         '''),
     md('''
