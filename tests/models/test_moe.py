@@ -140,8 +140,12 @@ def test_sort_by_expert_worked_example():
     torch.testing.assert_close(weight, torch.tensor([0.4, 0.6, 0.7, 0.3]))
 
 
-def test_auto_path_and_unknown_path():
+def test_auto_path_unknown_path_and_empty_batch():
     moe = MoE(_config())
+    for impl in ("loop", "sorted", "batched"):
+        moe.impl = impl
+        assert moe(torch.randn(1, 0, 32)).shape == (1, 0, 32)
+    moe.impl = "auto"
     x = torch.randn(1, 5, 32)
     assert moe._impl_for(x) == "sorted"  # on CPU; "batched" on CUDA
     moe.impl = "fastest"

@@ -162,9 +162,13 @@ def _sorted(moe: MoE, x: torch.Tensor, weights: torch.Tensor, experts: torch.Ten
             ) -> torch.Tensor:
     """One gather of every assignment's token in expert order; expert e runs on its contiguous slice."""
     token, _, weight, counts = _sort_by_expert(experts, weights, keep, moe.n_expert)
+    out = torch.zeros_like(x)
+    if not token.numel():  # an empty batch: nothing to concatenate
+        return out
     groups = x[token].split(counts.tolist())  # E slices of (n_e, C)
-    y = torch.cat([expert(h) for expert, h in zip(moe.experts, groups, strict=True)])  # (M, C)
-    return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
+    # idle experts are skipped: decoding one token wakes only k of them
+    y = torch.cat([expert(h) for expert, h in zip(moe.experts, groups, strict=True) if len(h)])  # (M, C)
+    return out.index_add_(0, token, y * weight[:, None])
 
 
 def _stacked_linear(moe: MoE, name: str, h: torch.Tensor) -> torch.Tensor:
