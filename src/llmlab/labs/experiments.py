@@ -142,6 +142,21 @@ def compare_training(edits: dict[str, Callable[[Transformer], object]], steps: i
     return runs
 
 
+@torch.no_grad()
+def generate_text(model: Transformer, prompt: str, n_tokens: int, sample_fn: Callable, seed: int = 0,
+                  **kwargs) -> str:
+    """Continue `prompt` by `n_tokens` bytes, choosing each with `sample_fn(logits (1, V), generator=..., **kwargs)`
+    (the learner's `sample`, or llmlab's); the same seed gives the same text for equal samplers."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.tensor([list(prompt.encode("utf-8"))])  # (1, T)
+    for _ in range(n_tokens):
+        logits = model(idx[:, -model.config.seq_len:], last_only=True)[:, -1]  # (1, V)
+        nxt = sample_fn(logits, generator=generator, **kwargs)  # (1,)
+        idx = torch.cat([idx, nxt.reshape(1, 1).long()], dim=1)
+    return bytes(idx[0, -n_tokens:].tolist()).decode("utf-8", errors="replace")
+
+
 def plot_runs(runs: list[Run], title: str = "training loss", path: str | None = None):
     """The runs' loss curves on one plot; saved to `path` if given. Returns the matplotlib figure."""
     import matplotlib.pyplot as plt

@@ -94,6 +94,8 @@ LABS = [
         "AMD labs 05a and 05b", "norms"),
     Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
         "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
+    Lab("sampling", "temperature, top-k and top-p (nucleus) filtering, drawing the next token", 30, "AMD lab 01",
+        "sampling"),
 ]
 
 
