@@ -58,12 +58,10 @@ def quantize_int8(x: torch.Tensor, per: str = "tensor") -> tuple[torch.Tensor, t
     if per not in ("tensor", "row"):
         raise ValueError(f"per must be 'tensor' or 'row', got {per!r}")
     x = x.float()
+    per_row = per == "row" and x.dim() >= 2
     if x.numel() == 0:  # an empty chunk of a ring (fewer rows than ranks)
-        return x.to(torch.int8), torch.ones([1] * x.dim())
-    if per == "tensor" or x.dim() < 2:
-        amax = x.abs().amax().reshape([1] * x.dim())
-    else:
-        amax = x.abs().amax(dim=-1, keepdim=True)  # (..., 1)
+        return x.to(torch.int8), torch.ones((*x.shape[:-1], 1) if per_row else [1] * x.dim())
+    amax = x.abs().amax(dim=-1, keepdim=True) if per_row else x.abs().amax().reshape([1] * x.dim())  # (..., 1)
     scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
     return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale
 
@@ -156,10 +154,9 @@ class Comm:
 
     # --- the ring, by hand ------------------------------------------------------------------------------
 
-    def _exchange(self, payload: list[torch.Tensor], like: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Send `payload` to the right neighbour while receiving tensors shaped like `like` from the left."""
+    def _exchange(self, payload: list[torch.Tensor], received: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Send `payload` to the right neighbour while receiving into the buffers `received` from the left."""
         right, left = (self.rank + 1) % self.world, (self.rank - 1) % self.world
-        received = [torch.empty_like(t) for t in like]
         works = [dist.isend(t.contiguous(), right) for t in payload if t.numel()]
         works += [dist.irecv(t, left) for t in received if t.numel()]
         for w in works:
@@ -170,6 +167,14 @@ class Comm:
         if compress == "none":
             return [chunk]
         return list(quantize_int8(chunk, "row" if compress == "int8-row" else "tensor"))
+
+    def _like(self, chunk: torch.Tensor, compress: str) -> list[torch.Tensor]:
+        """Empty buffers shaped like what `_pack(chunk)` sends: where to receive a neighbour's chunk."""
+        if compress == "none":
+            return [torch.empty_like(chunk)]
+        per_row = compress == "int8-row" and chunk.dim() >= 2
+        scale_shape = (*chunk.shape[:-1], 1) if per_row else [1] * chunk.dim()
+        return [torch.empty_like(chunk, dtype=torch.int8), torch.empty(scale_shape)]
 
     def _unpack(self, parts: list[torch.Tensor], compress: str) -> torch.Tensor:
         return parts[0] if compress == "none" else dequantize_int8(*parts)
@@ -184,8 +189,7 @@ class Comm:
         for s in range(p - 1):
             out_i, in_i = (r - s - 1) % p, (r - s - 2) % p
             payload = self._pack(chunks[out_i], compress)
-            like = self._pack(chunks[in_i], compress)
-            received = self._exchange(payload, like)
+            received = self._exchange(payload, self._like(chunks[in_i], compress))
             sent += sum(_nbytes(t) for t in payload if t.numel())
             chunks[in_i] = chunks[in_i] + self._unpack(received, compress).to(chunks[in_i].dtype)
         return sent
@@ -202,8 +206,7 @@ class Comm:
             chunks[r] = self._unpack(packed[r], compress).to(chunks[r].dtype)
         for s in range(p - 1):
             out_i, in_i = (r - s) % p, (r - s - 1) % p
-            like = self._pack(chunks[in_i], compress)
-            packed[in_i] = self._exchange(packed[out_i], like)
+            packed[in_i] = self._exchange(packed[out_i], self._like(chunks[in_i], compress))
             sent += sum(_nbytes(t) for t in packed[out_i] if t.numel())
             chunks[in_i] = self._unpack(packed[in_i], compress).to(chunks[in_i].dtype)
         return sent
