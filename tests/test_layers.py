@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmlab"
 LAYERS = [("common",), ("tokenizer",), ("data",), ("models", "fundamentals"), ("infer",), ("eval",), ("train",),
           ("quantize",), ("finetune",), ("align",), ("rag", "multimodal"), ("loading",), ("serve",), ("labs",),
-          ("recipes",), ("cli", "__init__", "__main__")]
+          ("recipes",), ("cli", "__init__"), ("__main__",)]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 

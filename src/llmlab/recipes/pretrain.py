@@ -1,12 +1,17 @@
 """`llmlab pretrain`: train a decoder on prepared shards.
 
     llmlab pretrain --data runs/data --out runs/pretrain --preset llama-small --max-steps 2000
+    llmlab pretrain --nproc 2 --strategy ddp ...        (runs the next line for you)
+    torchrun --standalone --nproc_per_node 2 -m llmlab pretrain --strategy ddp ...
 
 Writes `<out>/checkpoint` (reopens with `llmlab.load(out)`), `<out>/run_config.json` and
-`<out>/history.json`. The training itself is `llmlab.train.pretrain`'s.
+`<out>/history.json`. The training itself is `llmlab.train.pretrain`'s; several processes are
+`llmlab.train.distributed`'s (`--batch-size` is then per data-parallel process).
 """
 
 import dataclasses
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from llmlab.common.io import write_json_atomic
 from llmlab.data.loader import read_manifest
 from llmlab.models import get_preset
 from llmlab.models.config import PRESETS
+from llmlab.train import distributed
 from llmlab.train.loop import LoopSettings
 from llmlab.train.optimizers import OPTIMIZERS
 from llmlab.train.pretrain import pretrain
@@ -53,10 +59,17 @@ class PretrainArgs:
     resume: bool = arg(False, "continue from <out>/checkpoint exactly where it stopped")
     skip_bad_steps: int = arg(0, "skip up to N steps whose loss is not finite (default: stop at the first)")
     progress: bool = arg(True, "show a progress bar")
+    strategy: str = arg("none", "how several processes share the training: ddp, fsdp, tp or fsdp+tp "
+                        "(llmlab.train.distributed)", choices=list(distributed.STRATEGIES))
+    nproc: int = arg(1, "processes on this machine; with a --strategy, runs torchrun with this many")
+    tp_size: int | None = arg(None, "tensor-parallel degree (default: all processes for tp, 2 for fsdp+tp)")
+    mixed_precision: str = arg("none", "FSDP's policy: bf16 computes in bfloat16 on float32 master weights",
+                               choices=list(distributed.MIXED_PRECISION))
 
 
-# Settings that must not change across a resume (max_steps and max_minutes may, to extend a run).
-RESUME_KEYS = ("preset", "seq_len", "dropout", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
+# Settings that must not change across a resume (max_steps and max_minutes may, to extend a run). The global
+# batch (--batch-size times the data-parallel processes) may not either, but the processes and strategy may.
+RESUME_KEYS = ("preset", "seq_len", "dropout", "global_batch", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
                "optimizer", "weight_decay", "grad_clip", "seed")
 
 
@@ -72,6 +85,9 @@ def loop_settings(args: PretrainArgs) -> LoopSettings:
 def run(args: PretrainArgs) -> dict:
     """Train per `args`; returns a summary (n_params, tokens_seen, tokens_per_s, final losses, paths)."""
     device = resolve_device(args.device)
+    launching = args.strategy != "none" and not distributed.under_torchrun()
+    if distributed.process_rank():
+        log.set_quiet(True)  # rank 0 speaks for all
     ckpt = Path(args.out) / "checkpoint"
     if args.resume and not checkpoint.is_checkpoint(ckpt):
         raise UserError(f"--resume {ckpt}: no such checkpoint; drop --resume to start a new run")
@@ -81,13 +97,43 @@ def run(args: PretrainArgs) -> dict:
     if args.seq_len:
         overrides["seq_len"] = args.seq_len
     model_config = get_preset(args.preset, **overrides)
+    world = int(os.environ["WORLD_SIZE"]) if distributed.under_torchrun() else args.nproc
+    if args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: give at least 1")
+    distributed.check_strategy(args.strategy, model_config, world, args.tp_size, args.mixed_precision)
+    if launching:  # refused above or here, before any process starts, rather than once per process
+        command = distributed.torchrun_command(["pretrain", *as_argv(args)], args.nproc)
+        log.info("running: " + " ".join(shlex.quote(c) for c in command))
+        status = distributed.launch(["pretrain", *as_argv(args)], args.nproc)
+        if status:
+            raise SystemExit(status)
+        return {"checkpoint": str(ckpt), "processes": args.nproc}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(args.out) / "run_config.json",
-                      {"pretrain": dataclasses.asdict(args), "model": model_config.to_dict()})
-    summary = pretrain(model_config, args.data, args.out, loop_settings(args), batch_size=args.batch_size,
-                       weight_decay=args.weight_decay, seed=args.seed, device=device,
-                       compile=args.compile, eval_tokens=args.eval_tokens, resume=args.resume,
-                       run=dataclasses.asdict(args), resume_keys=RESUME_KEYS, optimizer_name=args.optimizer)
+    if not distributed.process_rank():
+        write_json_atomic(Path(args.out) / "run_config.json",
+                          {"pretrain": dataclasses.asdict(args), "model": model_config.to_dict()})
+    with distributed.process_group(device):
+        summary = pretrain(model_config, args.data, args.out, loop_settings(args), batch_size=args.batch_size,
+                           weight_decay=args.weight_decay, seed=args.seed, device=device,
+                           compile=args.compile, eval_tokens=args.eval_tokens, resume=args.resume,
+                           run=dataclasses.asdict(args), resume_keys=RESUME_KEYS, optimizer_name=args.optimizer,
+                           strategy=args.strategy, tp_size=args.tp_size, mixed_precision=args.mixed_precision)
     log.info(f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, "
              f"val loss {summary['final_val_loss']:.4f}; checkpoint in {summary['checkpoint']}")
     return summary
+
+
+def as_argv(args: PretrainArgs) -> list[str]:
+    """The flags that give `args` again, the ones left at their defaults omitted: what torchrun's processes
+    get. `--nproc` is dropped; under torchrun the process count is torchrun's."""
+    argv = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if f.name == "nproc" or value == f.default or value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return argv

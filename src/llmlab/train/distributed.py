@@ -117,10 +117,11 @@ def check_strategy(strategy: str, config: ModelConfig, world_size: int, tp_size:
         if count % tp:
             raise UserError(f"tensor parallelism over {tp} processes splits {what}={count} into {tp} equal "
                             f"parts, which it cannot; choose a model whose {what} is a multiple of {tp}")
-    refused = {"n_expert": c.n_expert, "pos=alibi": c.pos == "alibi", "qk_norm=full": c.qk_norm == "full"}
+    refused = {"experts (n_expert)": c.n_expert, "ALiBi positions": c.pos == "alibi",
+               "one norm over all heads (qk_norm=full)": c.qk_norm == "full"}
     for what, present in refused.items():
         if present:
-            raise UserError(f"tensor parallelism does not split a model with {what} here; use ddp or fsdp")
+            raise UserError(f"tensor parallelism here does not split a model with {what}; use ddp or fsdp")
     return tp
 
 
