@@ -82,7 +82,7 @@ def test_ivf_int8_index_reopens(tiny_encoder, tmp_path):
     index.add_documents(DOCS)
     index.save(tmp_path / "ivf")
     again = Index.open(tmp_path / "ivf")
-    assert again.vectors.kind == "ivf" and again.vectors.vectors.dtype == torch.int8
+    assert again.vectors.kind == "ivf" and again.vectors.pages.dtype == torch.int8
     assert [h["id"] for h in again.search("Mars planet", k=3)] == [h["id"] for h in index.search("Mars planet", k=3)]
 
 

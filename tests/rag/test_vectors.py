@@ -25,9 +25,9 @@ def recall(ids: torch.Tensor, exact: torch.Tensor) -> float:
     return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, exact, strict=True)) / exact.numel()
 
 
-@pytest.mark.parametrize("block", [65536, 1000])
-def test_exact_equals_faiss_flat_ip(monkeypatch, block):
-    monkeypatch.setattr(vectors_module, "BLOCK", block)  # blocked over the corpus gives the same answer
+@pytest.mark.parametrize("budget", [1 << 23, 64 * 1000])
+def test_exact_equals_faiss_flat_ip(monkeypatch, budget):
+    monkeypatch.setattr(vectors_module, "SCORE_BUDGET", budget)  # blocked over the corpus: the same answer
     x = torch.randn(5000, 48, generator=torch.Generator().manual_seed(1))
     q = torch.randn(64, 48, generator=torch.Generator().manual_seed(2))
     index = VectorIndex(48)

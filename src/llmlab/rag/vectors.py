@@ -1,16 +1,23 @@
-"""Vector indexes for inner-product search, written here: exact (blocked matmul + top-k) and IVF, optionally int8.
+"""Vector indexes for inner-product search, written here: exact (matmul + top-k) and IVF, optionally int8.
 
-- exact: scores = queries @ vectors.T a block of rows at a time (`BLOCK` rows, so memory stays
-  B x BLOCK however big the corpus), keeping a running top-k. Same ids as faiss `IndexFlatIP`.
+Vectors are stored as the columns of one (dim, width) matrix, so scoring a query is `q @ columns`: a GEMV
+that streams the store once, row by contiguous row (a row-major (N, dim) store with `store @ q` ran 2-3x
+slower through MKL at batch 1 on this CPU, and faiss's own SIMD loop is as fast as the column layout).
+
+- exact: scores = queries @ columns, a block of columns at a time so scores never exceed `SCORE_BUDGET`
+  floats (B x block; at batch 1 one block covers 8M vectors), keeping a running top-k. Same ids as faiss
+  `IndexFlatIP`.
 - ivf: the inverted file of Jégou et al. 2011 (faiss `IndexIVFFlat`): k-means (Lloyd; spherical, assigned by
   inner product) cuts the space into `nlist` cells; each vector lives in its nearest cell; a query scores only
-  the vectors in its `nprobe` nearest cells. Rows are kept sorted by cell, so a cell is a contiguous slice and
-  a batch of queries costs one matmul per probed cell (all queries probing it at once).
+  the vectors in its `nprobe` nearest cells. Columns are grouped cell by cell into pages of `PAGE` columns
+  (a cell's last page padded with zero columns of id -1 and score -inf), like paged attention's KV blocks:
+  every page belongs to one cell, so a batch of queries becomes (query, page) pairs, grouped by page into
+  one `bmm` of (pages, queries of the page, dim) x (pages, dim, PAGE). No Python loop over cells or queries.
 - int8: each vector stored as round(127 * v / max|v|) with its scale (4x smaller); scores are computed on the
-  dequantised rows, one block or cell at a time.
+  int8 columns turned to float a block (or the probed pages) at a time, times the scales.
 Vectors carry int64 ids; `add` appends (an IVF assigns new vectors to the trained cells, as faiss does, without
-retraining), `delete` removes by id. `state()` gives tensors and JSON fields to save; nothing is pickled.
-This file knows nothing about text, chunks or files.
+retraining), `delete` removes by id. `state()` gives tensors and JSON fields to save (vectors as (N, dim)
+rows, padding left out); nothing is pickled. This file knows nothing about text, chunks or files.
 """
 
 import math
@@ -20,8 +27,9 @@ import torch
 from llmlab.common.errors import UserError
 
 KINDS = ("exact", "ivf")
-BLOCK = 65536  # rows scored at once by exact search: B x 65536 floats of scores, whatever the corpus size
-FEW_QUERIES = 4  # up to this many queries, IVF gathers each query's cells; beyond, one matmul per cell
+SCORE_BUDGET = 1 << 23  # floats of scores (and dequantised int8) held at once: 32 MB whatever corpus or batch
+QUERY_CHUNK = 1024  # queries searched together: an IVF reads each probed page once per chunk
+PAGE = 32  # IVF columns per page: padding wastes under PAGE per cell; bmm's small matrices want it not tiny
 POINTS_PER_CELL = 128  # k-means trains on at most this many sampled vectors per cell (faiss uses 256)
 
 
@@ -31,14 +39,15 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
-def _rows(vectors: torch.Tensor, scales: torch.Tensor | None, start: int, end: int) -> torch.Tensor:
-    block = vectors[start:end]
-    return block if scales is None else block.float() * scales[start:end, None]
+def ranges(first: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Every index of a list of ranges, in order: first=[4, 10], count=[2, 3] -> [4, 5, 10, 11, 12]."""
+    before = count.cumsum(0) - count  # where each range starts in the output
+    return torch.repeat_interleave(first - before, count) + torch.arange(int(count.sum()))
 
 
-def _merge_topk(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_topk(scores: torch.Tensor, cols: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     top = scores.topk(min(k, scores.shape[1]), dim=1)
-    return top.values, rows.gather(1, top.indices)
+    return top.values, cols.gather(1, top.indices)
 
 
 def kmeans(x: torch.Tensor, n_clusters: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
@@ -70,15 +79,61 @@ class VectorIndex:
             raise UserError(f"index: dim, nlist and nprobe must be at least 1 (got {dim}, {nlist}, {nprobe})")
         self.dim, self.kind, self.int8 = dim, kind, int8
         self.nlist, self.nprobe = nlist, nprobe  # None: chosen from the corpus size when trained / searched
-        self.vectors = torch.empty(0, dim, dtype=torch.int8 if int8 else torch.float32)
-        self.scales: torch.Tensor | None = torch.empty(0) if int8 else None
-        self.ids = torch.empty(0, dtype=torch.int64)
         self.centroids: torch.Tensor | None = None  # (nlist, dim), ivf once trained
-        self.cells = torch.empty(0, dtype=torch.int64)  # cell of each row (ivf); rows sorted by it
-        self.starts = torch.zeros(1, dtype=torch.int64)  # cell c's rows: starts[c]:starts[c + 1]
+        self._store(torch.empty(0, dim, dtype=torch.int8 if int8 else torch.float32),
+                    torch.empty(0) if int8 else None, torch.empty(0, dtype=torch.int64))
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.count
+
+    # ---- the store ----------------------------------------------------------------------------------
+
+    def _store(self, rows: torch.Tensor, scales: torch.Tensor | None, ids: torch.Tensor,
+               cells: torch.Tensor | None = None) -> None:
+        """Keep these n vectors (rows (n, dim), scales (n,), ids (n,)). Exact: columns (dim, n). IVF: pages
+        (pages, dim, PAGE) cell by cell, by `cells` (n,); ids, scales and cells per column (-1: padding);
+        cell_pages (nlist + 1,), and bias (pages, PAGE): 0, or -inf on padding."""
+        self.count = len(ids)
+        if self.kind == "exact" or self.centroids is None:
+            self.columns, self.scales, self.ids = rows.T.contiguous(), scales, ids
+            self.pages = self.cells = self.cell_pages = self.bias = None
+            return
+        nlist = len(self.centroids)
+        order = torch.argsort(cells, stable=True)
+        cells = cells[order]
+        sizes = torch.bincount(cells, minlength=nlist)
+        self.cell_pages = torch.zeros(nlist + 1, dtype=torch.int64)  # cell c's pages: cell_pages[c]:[c + 1]
+        self.cell_pages[1:] = ((sizes + PAGE - 1) // PAGE).cumsum(0)
+        width = int(self.cell_pages[-1]) * PAGE
+        # column of the j-th vector (in cell order): its cell's first column + its place in the cell
+        slot = self.cell_pages[cells] * PAGE + torch.arange(len(cells)) - (sizes.cumsum(0) - sizes)[cells]
+        padded = rows.new_zeros(width, self.dim)
+        padded[slot] = rows[order]
+        self.columns, self.pages = None, padded.view(-1, PAGE, self.dim).transpose(1, 2).contiguous()
+        self.ids = torch.full((width,), -1, dtype=torch.int64)
+        self.ids[slot] = ids[order]
+        self.cells = torch.full((width,), -1, dtype=torch.int64)
+        self.cells[slot] = cells
+        self.scales = None
+        if scales is not None:
+            self.scales = torch.zeros(width)
+            self.scales[slot] = scales[order]
+        self.bias = torch.where(self.ids >= 0, 0.0, float("-inf")).view(-1, PAGE)
+
+    def _real(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """The stored vectors without padding: rows (n, dim), scales, ids, cells (ivf)."""
+        if self.pages is None:
+            return self.columns.T, self.scales, self.ids, None
+        keep = self.ids >= 0
+        rows = self.pages.transpose(1, 2).reshape(-1, self.dim)[keep]  # (pages, PAGE, dim) -> (n, dim)
+        return rows, None if self.scales is None else self.scales[keep], self.ids[keep], self.cells[keep]
+
+    def _dequantised(self) -> torch.Tensor:
+        """The stored vectors as float rows (n, dim)."""
+        rows, scales, _, _ = self._real()
+        return rows.float() * scales[:, None] if scales is not None else rows
+
+    # ---- building -----------------------------------------------------------------------------------
 
     def train(self, sample: torch.Tensor, seed: int = 0) -> None:
         """Fit the IVF cells on a sample of the vectors (about sqrt(N) cells unless nlist was given)."""
@@ -88,20 +143,13 @@ class VectorIndex:
         nlist = min(self.nlist or max(1, round(math.sqrt(n))), n)
         g = torch.Generator().manual_seed(seed)
         pick = torch.randperm(n, generator=g)[:nlist * POINTS_PER_CELL]
+        stored, ids = (self._dequantised(), self.ids[self.ids >= 0]) if len(self) else (None, None)
         self.centroids = kmeans(sample[pick], nlist, seed=seed)
         self.nlist = nlist
-        if len(self):  # vectors already stored: put them in their cells
-            vectors, ids = self._dequantised(), self.ids
-            self._clear()
-            self.add(vectors, ids)
-
-    def _clear(self) -> None:
-        self.vectors, self.ids = self.vectors[:0], self.ids[:0]
-        self.scales = self.scales[:0] if self.scales is not None else None
-        self.cells = self.cells[:0]
-
-    def _dequantised(self) -> torch.Tensor:
-        return _rows(self.vectors, self.scales, 0, len(self))
+        self._store(self._real()[0][:0], None if self.scales is None else self.scales[:0], self.ids[:0],
+                    torch.empty(0, dtype=torch.int64))
+        if stored is not None:  # vectors already stored: put them in their cells
+            self.add(stored, ids)
 
     def add(self, vectors: torch.Tensor, ids: torch.Tensor) -> None:
         """Append vectors (N, dim) with their int64 ids (N,); an untrained IVF trains on this first batch."""
@@ -111,40 +159,30 @@ class VectorIndex:
                             f"and {len(ids)}; was the index built with another embedder?")
         if self.kind == "ivf" and self.centroids is None:
             self.train(vectors)
+        rows, scales, old_ids, cells = self._real()
         if self.int8:
             q, s = quantize_int8(vectors)
-            self.vectors, self.scales = torch.cat([self.vectors, q]), torch.cat([self.scales, s])
+            rows, scales = torch.cat([rows, q]), torch.cat([scales, s])
         else:
-            self.vectors = torch.cat([self.vectors, vectors])
-        self.ids = torch.cat([self.ids, torch.as_tensor(ids, dtype=torch.int64)])
+            rows = torch.cat([rows, vectors])
+        ids = torch.cat([old_ids, torch.as_tensor(ids, dtype=torch.int64)])
         if self.kind == "ivf":
-            self.cells = torch.cat([self.cells, (vectors @ self.centroids.T).argmax(dim=1)])
-            self._sort_by_cell()
-
-    def _sort_by_cell(self) -> None:
-        order = torch.argsort(self.cells, stable=True)
-        self._reorder(order)
-        self.starts = torch.zeros(len(self.centroids) + 1, dtype=torch.int64)
-        self.starts[1:] = torch.bincount(self.cells, minlength=len(self.centroids)).cumsum(0)
-
-    def _reorder(self, rows: torch.Tensor) -> None:
-        self.vectors, self.ids = self.vectors[rows], self.ids[rows]
-        if self.scales is not None:
-            self.scales = self.scales[rows]
-        if self.kind == "ivf":
-            self.cells = self.cells[rows]
+            cells = torch.cat([cells, (vectors @ self.centroids.T).argmax(dim=1)])
+        self._store(rows, scales, ids, cells)
 
     def delete(self, ids: torch.Tensor | list[int]) -> int:
         """Remove the vectors with these ids; returns how many were removed."""
-        drop = torch.isin(self.ids, torch.as_tensor(ids, dtype=torch.int64))
-        self._reorder((~drop).nonzero().squeeze(1))
-        if self.kind == "ivf" and self.centroids is not None:
-            self._sort_by_cell()
-        return int(drop.sum())
+        rows, scales, old_ids, cells = self._real()
+        keep = ~torch.isin(old_ids, torch.as_tensor(ids, dtype=torch.int64))
+        self._store(rows[keep], None if scales is None else scales[keep], old_ids[keep],
+                    None if cells is None else cells[keep])
+        return int((~keep).sum())
 
     def default_nprobe(self) -> int:
         """About an eighth of the cells (at least 8): recall@10 >= 0.95 against exact on embedding-like data."""
         return min(self.nlist or 1, max(8, math.ceil((self.nlist or 1) / 8)))
+
+    # ---- searching ----------------------------------------------------------------------------------
 
     @torch.no_grad()
     def search(self, queries: torch.Tensor, k: int, nprobe: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,90 +194,118 @@ class VectorIndex:
             raise UserError(f"query of dimension {queries.shape[-1]}, index of {self.dim}; use the index's embedder")
         if k < 1:
             raise UserError(f"k={k}: must be at least 1")
-        B = len(queries)
-        if self.kind == "ivf" and self.centroids is not None and len(self):
-            scores, rows = self._search_ivf(queries, k, nprobe or self.nprobe or self.default_nprobe())
+        if not len(queries):
+            return torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
+        if self.pages is not None and len(self):
+            nprobe = min(nprobe or self.nprobe or self.default_nprobe(), len(self.centroids))
+            parts = [self._search_ivf(chunk, k, nprobe) for chunk in queries.split(QUERY_CHUNK)]
         else:
-            scores, rows = self._search_exact(queries, k)
+            parts = [self._search_exact(chunk, k) for chunk in queries.split(QUERY_CHUNK)]
+        scores, cols = (torch.cat(p) for p in zip(*parts, strict=True))
+        B = len(queries)
         if scores.shape[1] < k:  # pad to k columns
             pad = k - scores.shape[1]
             scores = torch.cat([scores, torch.full((B, pad), float("-inf"))], dim=1)
-            rows = torch.cat([rows, torch.full((B, pad), -1, dtype=torch.int64)], dim=1)
-        ids = torch.where(rows >= 0, self.ids[rows.clamp(min=0)], -1) if len(self) else rows
+            cols = torch.cat([cols, torch.full((B, pad), -1, dtype=torch.int64)], dim=1)
+        ids = torch.where(cols >= 0, self.ids[cols.clamp(min=0)], -1) if len(self) else cols
         return scores, ids
 
     def _search_exact(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B = len(queries)
-        best_s = torch.empty(B, 0)
-        best_r = torch.empty(B, 0, dtype=torch.int64)
-        for start in range(0, len(self), BLOCK):
-            end = min(start + BLOCK, len(self))
-            s = queries @ _rows(self.vectors, self.scales, start, end).T  # (B, block)
-            top = s.topk(min(k, end - start), dim=1)
-            best_s, best_r = _merge_topk(torch.cat([best_s, top.values], 1),
-                                         torch.cat([best_r, top.indices + start], 1), k)
-        return best_s, best_r
+        """Scores a block of columns at a time (B x block floats, and dim x block dequantised for int8)."""
+        width = max(1, SCORE_BUDGET // (len(queries) + (self.dim if self.int8 else 0)))
+        best_s, best_c = queries[:, :0], torch.empty(len(queries), 0, dtype=torch.int64)
+        for start in range(0, len(self), width):
+            block = self.columns[:, start:start + width]
+            if self.int8:
+                s = (queries @ block.float()) * self.scales[start:start + width]  # (B, block)
+            else:
+                s = queries @ block  # (B, block)
+            top = s.topk(min(k, s.shape[1]), dim=1)
+            if best_s.shape[1]:
+                best_s, best_c = _merge_topk(torch.cat([best_s, top.values], 1),
+                                             torch.cat([best_c, top.indices + start], 1), k)
+            else:
+                best_s, best_c = top.values, top.indices + start
+        return best_s, best_c
 
     def _search_ivf(self, queries: torch.Tensor, k: int, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score only the nprobe nearest cells: per probed cell, one matmul for every query that probes it,
-        its top-k written into that query's slot for the cell; then the top-k over all slots."""
-        B, nprobe = len(queries), min(nprobe, len(self.centroids))
+        """Score the pages of each query's nprobe nearest cells, each page against every query that probes it
+        (bmm over the probed pages), then keep the best k of each query's pages."""
+        B, d = queries.shape
         probe = (queries @ self.centroids.T).topk(nprobe, dim=1).indices  # (B, nprobe)
-        if B <= FEW_QUERIES:
-            return self._search_cells_gathered(queries, probe, k)
-        slot_s = torch.full((B, nprobe, k), float("-inf"))
-        slot_r = torch.full((B, nprobe, k), -1, dtype=torch.int64)
-        hits = probe.flatten().argsort(stable=True)  # group (query, slot) pairs by cell
-        cells = probe.flatten()[hits]
-        bounds = torch.cat([torch.tensor([0]), (cells.diff() != 0).nonzero().squeeze(1) + 1, torch.tensor([len(hits)])])
-        starts = self.starts.tolist()
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            c = int(cells[a])
-            lo, hi = starts[c], starts[c + 1]
-            if hi == lo:
-                continue
-            q_idx, s_idx = hits[a:b] // nprobe, hits[a:b] % nprobe
-            s = queries[q_idx] @ _rows(self.vectors, self.scales, lo, hi).T  # (n_q, cell size)
-            top = s.topk(min(k, hi - lo), dim=1)
-            slot_s[q_idx, s_idx, :top.values.shape[1]] = top.values
-            slot_r[q_idx, s_idx, :top.values.shape[1]] = top.indices + lo
-        return _merge_topk(slot_s.view(B, -1), slot_r.view(B, -1), k)  # (B, nprobe * k) -> (B, k)
+        first = self.cell_pages[probe].flatten()  # (B * nprobe,) first page of each probed cell
+        count = self.cell_pages[probe + 1].flatten() - first
+        page = ranges(first, count)  # (P,) every (query, page) pair, query by query
+        per_query = count.view(B, nprobe).sum(1)  # (B,) pairs of each query
+        query = torch.repeat_interleave(torch.arange(B), per_query)  # (P,)
+        # group the pairs by page: group g is page used[g] with the M (at most) queries that probe it
+        order = page.argsort(stable=True)
+        used, group, sizes = torch.unique_consecutive(page[order], return_inverse=True, return_counts=True)
+        rank = torch.arange(len(page)) - (sizes.cumsum(0) - sizes)[group]  # place of the pair in its group
+        slot = torch.full((len(used), int(sizes.max())), B)  # (U, M) query at each place; B: a zero row
+        slot[group, rank] = query[order]
+        top_s, top_c = self._score_pages(torch.cat([queries, queries.new_zeros(1, d)]), used, slot, sizes, k)
+        # back to queries: pair p's candidates go to row query[p], at place p - (first pair of that query)
+        g_of, r_of = torch.empty_like(group), torch.empty_like(rank)
+        g_of[order], r_of[order] = group, rank
+        place = torch.arange(len(page)) - (per_query.cumsum(0) - per_query)[query]
+        kk = top_s.shape[2]
+        cand_s = torch.full((B, int(per_query.max()), kk), float("-inf"))
+        cand_c = torch.full((B, int(per_query.max()), kk), -1, dtype=torch.int64)
+        cand_s[query, place], cand_c[query, place] = top_s[g_of, r_of], top_c[g_of, r_of]
+        return _merge_topk(cand_s.view(B, -1), cand_c.view(B, -1), k)  # (B, pages * kk) -> (B, k)
 
-    def _search_cells_gathered(self, queries: torch.Tensor, probe: torch.Tensor, k: int
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Few queries: per query, gather the rows of its cells into one matrix and score them at once."""
-        out_s, out_r = [], []
-        for q, cells in zip(queries, probe, strict=True):
-            lo, hi = self.starts[cells], self.starts[cells + 1]  # (nprobe,)
-            sizes = hi - lo
-            # every row index of every probed cell: lo of its cell + its place within the cell
-            rows = torch.repeat_interleave(lo - (sizes.cumsum(0) - sizes), sizes) + torch.arange(int(sizes.sum()))
-            block = self.vectors[rows] if self.scales is None else self.vectors[rows].float() * self.scales[rows, None]
-            top = (block @ q).topk(min(k, len(rows)))
-            pad = k - len(top.values)
-            out_s.append(torch.cat([top.values, torch.full((pad,), float("-inf"))]))
-            out_r.append(torch.cat([rows[top.indices], torch.full((pad,), -1, dtype=torch.int64)]))
-        return torch.stack(out_s), torch.stack(out_r)
+    def _score_pages(self, queries: torch.Tensor, used: torch.Tensor, slot: torch.Tensor, sizes: torch.Tensor,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (U, M, min(k, PAGE)) scores and columns of page used[g] against its sizes[g] queries
+        queries[slot[g]], a chunk of pages per bmm within SCORE_BUDGET. Memory bandwidth is the cost, so a
+        chunk whose pages are mostly probed reads the whole run of pages in place (the few unprobed ones scored
+        against no query) rather than copying the probed ones out; a sparse chunk copies them."""
+        B, kk = len(queries) - 1, min(k, PAGE)  # queries[B] is the zero row that pads
+        out_s = torch.full((*slot.shape, kk), float("-inf"))
+        out_c = torch.full((*slot.shape, kk), -1, dtype=torch.int64)
+        step = max(1, SCORE_BUDGET // (self.dim * (PAGE + slot.shape[1])))  # pages per chunk
+        g = 0
+        while g < len(used):
+            a = int(used[g])
+            end = int(torch.searchsorted(used, a + step))  # the used pages among the next `step` pages
+            u, m = used[g:end], int(sizes[g:end].max())
+            b = int(u[-1]) + 1
+            dense = 2 * len(u) >= b - a
+            x = self.pages[a:b] if dense else self.pages[u]  # (n, d, PAGE)
+            at = u - a if dense else torch.arange(len(u))  # where page used[g + i] is in x
+            who = torch.full((len(x), m), B)  # (n, m) queries of each page of x
+            who[at] = slot[g:end, :m]
+            scores = torch.bmm(queries[who], x.float() if self.int8 else x)  # (n, m, d) x (n, d, PAGE)
+            if self.int8:
+                scores *= (self.scales.view(-1, PAGE)[a:b] if dense else self.scales.view(-1, PAGE)[u])[:, None]
+            bias = self.bias[a:b] if dense else self.bias[u]  # padding columns are -inf
+            top = (scores[at] + bias[at, None]).topk(kk, dim=2)  # (len(u), m, kk)
+            out_s[g:end, :m] = top.values
+            out_c[g:end, :m] = top.indices + u[:, None, None] * PAGE
+            g = end
+        return out_s, out_c
+
+    # ---- saving -------------------------------------------------------------------------------------
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Tensors (for safetensors) and fields (for JSON) that `from_state` rebuilds the index from."""
-        tensors = {"vectors": self.vectors.contiguous(), "ids": self.ids.contiguous()}
-        if self.scales is not None:
-            tensors["scales"] = self.scales.contiguous()
+        rows, scales, ids, cells = self._real()
+        tensors = {"vectors": rows.contiguous(), "ids": ids.contiguous()}  # (N, dim) rows, as saved before
+        if scales is not None:
+            tensors["scales"] = scales.contiguous()
         if self.centroids is not None:
-            tensors.update(centroids=self.centroids.contiguous(), cells=self.cells.contiguous())
+            tensors.update(centroids=self.centroids.contiguous(), cells=cells.contiguous())
         return tensors, {"dim": self.dim, "kind": self.kind, "int8": self.int8, "nlist": self.nlist,
                          "nprobe": self.nprobe}
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], fields: dict) -> "VectorIndex":
         index = cls(fields["dim"], fields["kind"], fields["int8"], fields["nlist"], fields["nprobe"])
-        index.vectors, index.ids = tensors["vectors"], tensors["ids"]
-        index.scales = tensors.get("scales")
-        if "centroids" in tensors:
-            index.centroids, index.cells = tensors["centroids"], tensors["cells"]
-            index._sort_by_cell()
-        if index.vectors.shape[1:] != (index.dim,) or len(index.ids) != len(index.vectors):
-            raise UserError(f"index vectors of shape {tuple(index.vectors.shape)} do not match dim={index.dim} "
-                            f"and {len(index.ids)} ids; the index folder is damaged: build it again")
+        vectors, ids = tensors["vectors"], tensors["ids"]
+        if vectors.dim() != 2 or vectors.shape[1] != index.dim or len(ids) != len(vectors):
+            raise UserError(f"index vectors of shape {tuple(vectors.shape)} do not match dim={index.dim} "
+                            f"and {len(ids)} ids; the index folder is damaged: build it again")
+        index.centroids = tensors.get("centroids")
+        index._store(vectors, tensors.get("scales"), ids, tensors.get("cells"))
         return index
