@@ -94,6 +94,8 @@ LABS = [
         "AMD labs 05a and 05b", "norms"),
     Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
         "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
+    Lab("kv-cache", "a KV cache inside llmlab's decoder: decoding with it equals decoding without it, and is faster",
+        35, "8-week course 3.2", "kv_cache"),
     Lab("sampling", "temperature, top-k and top-p (nucleus) filtering, drawing the next token", 30, "AMD lab 01",
         "sampling"),
 ]
