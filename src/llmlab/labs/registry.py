@@ -83,7 +83,7 @@ class Lab:
         return self._module("notebook").CELLS
 
 
-LABS = [
+LABS = [  # in path order: what each lab needs comes before it
     Lab("pytorch-basics", "tensors, broadcasting, matmul shapes, a stable softmax, gradients by hand and by autograd",
         30, "AMD labs 02 and 03; 8-week course 1.2", "pytorch_basics"),
     Lab("modules", "nn.Module from scratch: a linear layer, an MLP, counting parameters, saving and loading", 35,
@@ -92,10 +92,10 @@ LABS = [
         "AMD lab 06; 8-week course 2.1 and 3.1", "attention"),
     Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
         "AMD labs 05a and 05b", "norms"),
-    Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
-        "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
     Lab("kv-cache", "a KV cache inside llmlab's decoder: decoding with it equals decoding without it, and is faster",
         35, "8-week course 3.2", "kv_cache"),
+    Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
+        "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
     Lab("sampling", "temperature, top-k and top-p (nucleus) filtering, drawing the next token", 30, "AMD lab 01",
         "sampling"),
 ]

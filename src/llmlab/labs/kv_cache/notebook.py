@@ -81,7 +81,8 @@ CELLS = [
         ## Done?
 
         `check("kv-cache")` runs every check. `llmlab bench kv-cache` measures llmlab's own cache over longer
-        runs; `llmlab serve` goes further with a paged cache shared by many requests.
+        runs; `llmlab serve` goes further with a paged cache shared by many requests. Next on the path:
+        `llmlab labs start lora`.
         '''),
     check_cell("kv-cache"),
 ]
