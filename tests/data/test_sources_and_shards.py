@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from llmlab.common.errors import UserError
 from llmlab.data.loader import WindowSampler, read_manifest, sequential_windows
@@ -85,6 +86,20 @@ def test_sampler_is_reproducible_from_its_state(data_dir):
         assert x1.equal(x2) and y1.equal(y2)
     x, y = expected[0]
     assert x.shape == (3, 16) and x[:, 1:].equal(y[:, :-1])
+
+
+def test_processes_read_their_own_rows_of_one_global_batch(data_dir):
+    whole = WindowSampler(data_dir, "train", batch_size=6, seq_len=16, seed=7)
+    parts = [WindowSampler(data_dir, "train", batch_size=6, seq_len=16, seed=7, rank=r, world_size=3)
+             for r in range(3)]
+    for _ in range(2):
+        x, y = whole.next_batch()
+        pieces = [p.next_batch() for p in parts]
+        assert all(px.shape == (2, 16) for px, _ in pieces)
+        assert torch.cat([px for px, _ in pieces]).equal(x) and torch.cat([py for _, py in pieces]).equal(y)
+    assert all(p.state_dict() == whole.state_dict() for p in parts)  # one stream: resumable on any split
+    with pytest.raises(ValueError, match="does not split into 4"):
+        WindowSampler(data_dir, "train", batch_size=6, seq_len=16, rank=0, world_size=4)
 
 
 def test_sequential_windows_predict_every_token_once(data_dir):
