@@ -34,6 +34,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("pretrain",): ("llmlab.recipes.pretrain", "PretrainArgs", "run", "pretrain a decoder on prepared shards"),
     ("scaling", "sweep"): ("llmlab.recipes.scaling", "SweepArgs", "sweep",
                            "train a grid of sizes and token budgets, fit scaling laws, test a prediction"),
+    ("profile",): ("llmlab.recipes.profile", "ProfileArgs", "run",
+                   "profile training and decoding: top operators, trace, roofline, MFU and MBU"),
     ("generate",): ("llmlab.recipes.generate", "GenerateArgs", "run", "generate text from a checkpoint"),
     ("chat",): ("llmlab.recipes.chat", "ChatArgs", "run", "chat in the terminal with a model's chat template"),
     ("bench", "kv-cache"): ("llmlab.recipes.bench", "KVCacheArgs", "kv_cache",

@@ -65,10 +65,13 @@ class SweepArgs:
     beyond: str | None = arg(None, "the size beyond the grid to predict, then train (default: 5x160 on a CPU)")
     budgets: int = arg(3, "compute budgets, one isoFLOP curve each")
     budget_ratio: float = arg(3.0, "each compute budget is this many times the last")
-    seq_len: int = arg(128, "context length of every run")
-    batch_size: int | None = arg(None, "sequences per step (default: 16 on a CPU, 64 on a GPU)")
+    min_flops: float | None = arg(None, "the smallest compute budget C_0 in FLOPs (default: what fills --budget on "
+                                        "this machine); set it to plan the same grid on any machine")
+    seq_len: int = arg(64, "context length of every run")
+    batch_size: int | None = arg(None, "sequences per step (default: 8 on a CPU, 64 on a GPU: a CPU sees few "
+                                       "tokens in minutes, and small steps give more updates from them)")
     lr: float = arg(3e-3, "peak learning rate of every run (warmup, then cosine over the run's own steps)")
-    min_steps: int = arg(10, "fewest optimizer steps of any run")
+    min_steps: int = arg(20, "runs planned with fewer optimizer steps are left out of the grid")
     eval_tokens: int = arg(32768, "validation tokens each run's loss is measured on")
     bootstrap: int = arg(200, "bootstrap resamples for the fitted constants' intervals")
     device: str = arg("auto", "cpu, cuda or auto")
@@ -78,7 +81,7 @@ class SweepArgs:
 
 # What a rerun must share with the sweep it continues: everything that shapes the plan or a run.
 PLAN_KEYS = ("budget", "data", "vocab_size", "tokenizer_mb", "preset", "sizes", "beyond", "budgets", "budget_ratio",
-             "seq_len", "batch_size", "lr", "min_steps", "eval_tokens", "seed")
+             "min_flops", "seq_len", "batch_size", "lr", "min_steps", "eval_tokens", "seed")
 
 
 def size_config(spec: str, preset: str, vocab_size: int, seq_len: int) -> ModelConfig:
@@ -131,7 +134,7 @@ def _prepare_data(args: SweepArgs, out: Path) -> Path:
 
 def _plan(args: SweepArgs, data_dir: Path, device, batch_size: int, deadline: float) -> dict:
     """Runs that fill the time until `deadline` (a perf_counter time): per budget C_j = C_0 * ratio^j, each
-    size N_i trains D = C_j / (6 N_i) tokens. A budget too small for that gives every run `min_steps`."""
+    size N_i trains D = C_j / (6 N_i) tokens; a run that would get fewer than `min_steps` steps is left out."""
     vocab = read_manifest(data_dir)["vocab_size"]
     sizes = args.sizes or SIZES.get(device.type, SIZES["cpu"])
     beyond = args.beyond or BEYOND.get(device.type, BEYOND["cpu"])
@@ -146,20 +149,20 @@ def _plan(args: SweepArgs, data_dir: Path, device, batch_size: int, deadline: fl
     seconds_left = deadline - time.perf_counter()
     per_run = {s: RUN_OVERHEAD_S + args.eval_tokens * spt[s] / 3 for s in specs}  # evaluation: forward only
     grid_s = GRID_SHARE * seconds_left - args.budgets * sum(per_run[s] for s in sizes)
+    # a run of D = C / (6 N) tokens takes C * spt / (6 N) seconds: solve the grid's total time for C_0
     ratios = args.budget_ratio ** np.arange(args.budgets)
-    c0 = grid_s / (ratios.sum() * sum(spt[s] / (6 * n[s]) for s in sizes))  # seconds = C * sum_i spt_i / (6 N_i)
+    c0 = args.min_flops or max(0.0, grid_s) / (ratios.sum() * sum(spt[s] / (6 * n[s]) for s in sizes))
     step_tokens = batch_size * args.seq_len
-    c_min = 6 * min(n[s] for s in sizes) * args.min_steps * step_tokens  # the smallest run's min_steps
-    if c0 < c_min:
-        log.info(f"--budget {args.budget}: too little time for the grid planned; every run gets at least "
-                 f"--min-steps {args.min_steps} steps and the sweep will overrun")
-        c0 = c_min
     runs = []
     for j, c in enumerate(c0 * ratios):
         for s in sizes:
-            steps = max(args.min_steps, round(c / (6 * n[s]) / step_tokens))
-            runs.append({"name": f"{s}_c{j}", "size": s, "n": n[s], "c": float(c), "steps": steps,
-                         "d": steps * step_tokens})
+            steps = round(c / (6 * n[s]) / step_tokens)
+            if steps >= args.min_steps:  # fewer steps than that measure the warmup, not the model
+                runs.append({"name": f"{s}_c{j}", "size": s, "n": n[s], "c": float(c), "steps": steps,
+                             "d": steps * step_tokens})
+    if len(runs) < 5:
+        raise UserError(f"--budget {args.budget}: only {len(runs)} runs of at least --min-steps {args.min_steps} "
+                        "steps fit (the law has 5 constants); raise --budget or lower --min-steps")
     beyond_s = (1 - GRID_SHARE) * seconds_left - per_run[beyond]  # may be negative: then min_steps
     steps = max(args.min_steps, round(beyond_s / spt[beyond] / step_tokens))
     big = {"name": "beyond", "size": beyond, "n": n[beyond], "steps": steps, "d": steps * step_tokens}
@@ -200,7 +203,8 @@ def _fits(args: SweepArgs, runs: list[dict], big: dict) -> dict:
     iso = fit_isoflop(runs)
     c_next = max(r["c"] for r in runs) * args.budget_ratio
     return {"law": law, "intervals": {k: boot[k] for k in ("E", "A", "B", "alpha", "beta")},
-            "bootstrap_samples": boot["samples"], "level": boot["level"], "iso": iso,
+            "bootstrap_samples": boot["samples"], "bootstrap_diverged": boot["diverged"], "level": boot["level"],
+            "iso": iso,
             "prediction": {"n": big["n"], "d": big["d"], "predicted": float(law.predict(big["n"], big["d"])),
                            "interval": interval},
             "next_budget": {"c": c_next, "n_opt_law": float(law.optimal(c_next)[0]),
@@ -226,7 +230,7 @@ def sweep(args: SweepArgs) -> dict:
                             "rerun it with the same ones or choose a new --out")
         log.info(f"continuing the sweep planned in {plan_file}")
     else:
-        batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
+        batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
         deadline = t_start + args.budget * 60 * 0.95  # 5% for the fits, plots and report
         plan = _plan(args, data_dir, device, batch_size, deadline)
         write_json_atomic(plan_file, plan)
@@ -243,7 +247,8 @@ def sweep(args: SweepArgs) -> dict:
     plot_isoflop(fits["iso"], out / "isoflop.png")
     plot_frontier(fits["iso"], fits["law"], runs, out / "frontier.png")
     report = {"law": fits["law"].to_dict(), "intervals": fits["intervals"], "level": fits["level"],
-              "bootstrap_samples": fits["bootstrap_samples"], "isoflop": fits["iso"].to_dict(),
+              "bootstrap_samples": fits["bootstrap_samples"], "bootstrap_diverged": fits["bootstrap_diverged"],
+              "isoflop": fits["iso"].to_dict(),
               "beyond": beyond, "next_budget": fits["next_budget"], "runs": runs, "beyond_run": big,
               "plan": {k: plan[k] for k in ("device", "batch_size", "seconds_per_token", "n", "flops_per_token")},
               "wall_s": time.perf_counter() - t_start, "config": dataclasses.asdict(args)}
@@ -265,7 +270,8 @@ def _report_markdown(r: dict) -> str:
         "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
         f"| constant | fit | {pct}% bootstrap interval ({r['bootstrap_samples']} resamples) |", "|---|---|---|",
         *[f"| {k} | {law[k]:.4g} | {iv[k][0]:.4g} .. {iv[k][1]:.4g} |" for k in ("E", "A", "B", "alpha", "beta")],
-        "", f"Huber objective at the optimum: {law['objective']:.3g}.", "", "![fit](law.png)", "",
+        "", f"Huber objective at the optimum: {law['objective']:.3g}. Resamples whose fit diverged (a constant past "
+        f"e^700), left out of the intervals: {r['bootstrap_diverged']}.", "", "![fit](law.png)", "",
         "## Beyond the grid", "",
         f"Size {b['size']} ({b['n']:,} non-embedding parameters) on {b['d']:,} tokens: predicted "
         f"**{b['predicted']:.4f}** ({pct}% interval {b['interval'][0]:.4f} .. {b['interval'][1]:.4f}), measured "

@@ -198,13 +198,26 @@ def fit_law(n, d, loss, *, delta: float = HUBER_DELTA, top_k: int = 8, starts: n
         starts = grid_starts(n, d, loss, top_k, delta)
     logs = _logs(n, d, loss)
     theta, value = lbfgs(lambda th: _objective(th, *logs, delta), torch.tensor(starts, dtype=torch.float64))
-    value = torch.where(torch.isfinite(theta).all(-1), value, torch.full_like(value, math.inf))
-    a, b, e, alpha, beta = theta[int(value.argmin())].tolist()
-    return LawFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta, objective=float(value.min()))
+    value = _finite(theta, value)
+    if not torch.isfinite(value).any():
+        raise ValueError("every start diverged: the runs do not determine the law (too few, or too noisy)")
+    return _law(theta[int(value.argmin())], float(value.min()))
+
+
+def _finite(theta: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The objective, inf where a start diverged: a constant past e^700 does not fit in a float64."""
+    ok = torch.isfinite(theta).all(-1) & (theta[:, :3] < 700).all(-1)
+    return torch.where(ok, value, torch.full_like(value, math.inf))
+
+
+def _law(theta: torch.Tensor, objective: float) -> LawFit:
+    a, b, e, alpha, beta = theta.tolist()
+    return LawFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta, objective=objective)
 
 
 def _theta(fit: LawFit) -> np.ndarray:
-    return np.array([math.log(fit.A), math.log(fit.B), math.log(fit.E), fit.alpha, fit.beta])
+    """(a, b, e, alpha, beta) of a fit; a constant that underflowed to 0 maps to e^-700."""
+    return np.array([*(math.log(max(v, 1e-304)) for v in (fit.A, fit.B, fit.E)), fit.alpha, fit.beta])
 
 
 def bootstrap_law(n, d, loss, fit: LawFit, samples: int = 200, seed: int = 0, level: float = 0.9,
@@ -213,7 +226,8 @@ def bootstrap_law(n, d, loss, fit: LawFit, samples: int = 200, seed: int = 0, le
     interval. A resample is the same objective with each run weighted by how often it was drawn, so all of
     them are solved in one batched L-BFGS, each from the full-data optimum and the data's best 3 grid points.
 
-    Returns {"level", "samples", "fits": [LawFit...], "E": (lo, hi), "A": ..., "B", "alpha", "beta"}.
+    Returns {"level", "samples", "diverged" (resamples whose every start diverged, left out), "fits":
+    [LawFit...], "E": (lo, hi), "A": ..., "B", "alpha", "beta"}.
     """
     n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
     rng = np.random.default_rng(seed)
@@ -225,15 +239,12 @@ def bootstrap_law(n, d, loss, fit: LawFit, samples: int = 200, seed: int = 0, le
     logs = _logs(n, d, loss)
     theta, value = lbfgs(lambda th: _objective(th, *logs, delta, weight),
                          torch.tensor(np.tile(starts, (K, 1)), dtype=torch.float64))
-    value = torch.where(torch.isfinite(theta).all(-1), value, torch.full_like(value, math.inf))
-    best = value.view(K, S).argmin(1)  # per resample, its best start
-    fits = []
-    for k in range(K):
-        a, b, e, alpha, beta = theta[k * S + int(best[k])].tolist()
-        fits.append(LawFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta,
-                           objective=float(value[k * S + int(best[k])])))
+    value = _finite(theta, value).view(K, S)
+    best = value.argmin(1)  # per resample, its best start
+    fits = [_law(theta[k * S + int(best[k])], float(value[k, best[k]])) for k in range(K)
+            if torch.isfinite(value[k, best[k]])]
     q = ((1 - level) / 2 * 100, (1 + level) / 2 * 100)
-    out = {"level": level, "samples": K, "fits": fits}
+    out = {"level": level, "samples": len(fits), "diverged": K - len(fits), "fits": fits}
     for name in ("E", "A", "B", "alpha", "beta"):
         values = np.array([getattr(f, name) for f in fits])
         out[name] = tuple(float(v) for v in np.percentile(values, q)) if len(values) else (math.nan, math.nan)

@@ -41,7 +41,9 @@ def plot_law(runs: list[dict], fit: LawFit, path: str | Path, beyond: dict | Non
         ax.scatter([r["d"] for r in mine], [r["loss"] for r in mine], color=colour, s=22, zorder=3)
     if beyond:
         lo, hi = beyond["interval"]
-        ax.errorbar([beyond["d"]], [beyond["predicted"]], yerr=[[beyond["predicted"] - lo], [hi - beyond["predicted"]]],
+        # a bootstrap interval need not contain the full-data prediction: clip the bars at the point
+        yerr = [[max(0.0, beyond["predicted"] - lo)], [max(0.0, hi - beyond["predicted"])]]
+        ax.errorbar([beyond["d"]], [beyond["predicted"]], yerr=yerr,
                     fmt="*", color="crimson", markersize=12, capsize=3, label="predicted (beyond the grid)")
         if beyond.get("loss") is not None:
             ax.scatter([beyond["d"]], [beyond["loss"]], marker="x", color="black", s=60, zorder=4, label="measured")
