@@ -24,7 +24,7 @@ from llmlab.models import get_preset
 from llmlab.recipes.pretrain import PretrainArgs, as_argv
 from llmlab.recipes.pretrain import run as pretrain_recipe
 from llmlab.train import distributed
-from llmlab.train.loop import LoopSettings
+from llmlab.train.loop import LoopSettings, TrainState, train_loop
 from llmlab.train.pretrain import pretrain
 from llmlab.train.spawn import spawn
 
@@ -99,6 +99,41 @@ def test_two_processes_equal_one(strategy, batch_size, grad_accum, one_batch, da
     meta = read_meta(tmp_path / "checkpoint")
     assert meta["layout"] == {"strategy": strategy, "processes": 2, "tp": 2 if strategy == "tp" else 1}
     assert meta["run"]["global_batch"] == one_batch
+
+
+def _count_all_reduces(rank: int, world_size: int, grad_accum: int) -> int:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(0)
+    model = DistributedDataParallel(torch.nn.Linear(4, 1))
+    calls = []
+
+    def counting(state, bucket):
+        calls.append(1)
+        return allreduce_hook(state, bucket)
+
+    model.register_comm_hook(None, counting)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = iter([(torch.randn(2, 4), torch.randn(2, 1)) for _ in range(3 * grad_accum)])
+    settings = LoopSettings(max_steps=3, lr=0.1, grad_accum=grad_accum, progress=False)
+    layout = distributed.Layout("ddp", rank, world_size)
+    train_loop(model, optimizer, lambda: next(batches), settings, TrainState(),
+               loss_fn=lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]),
+               parallel=distributed.Collectives(layout))
+    return len(calls)
+
+
+def test_ddp_all_reduces_once_per_step_whatever_the_accumulation():
+    assert spawn(_count_all_reduces, 2, 4, timeout=TIMEOUT, threads=1) == [3, 3]  # 3 steps, 12 micro-batches
+
+
+def test_fsdp_bf16_mixed_precision_trains_with_float32_masters(data_dir, tmp_path, one_process):
+    want, _ = one_process(4)
+    got = _two_processes(data_dir, tmp_path, 2, "fsdp", mixed_precision="bf16", max_steps=2)
+    assert got["losses"] != want["losses"][:2]  # bfloat16 compute rounds differently ...
+    assert got["losses"] == pytest.approx(want["losses"][:2], abs=0.05)  # ... but not by much
+    assert all(w.dtype == torch.float32 for w in llmlab.load(tmp_path).model.state_dict().values())
 
 
 @pytest.mark.slow
