@@ -81,14 +81,19 @@ def use_norm(model: Transformer, cls: type) -> Transformer:
 class Run:
     label: str
     losses: list[float]
-    held_out: float  # mean loss on fixed held-out windows after training
+    held_out: float  # measured on fixed held-out data after training: a loss, or a share for `measure`
     seconds: float
     model: nn.Module = field(repr=False)
+    measure: str = "held-out loss"  # what held_out is
+
+
+def _rows(data: torch.Tensor, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, len(data) - length, (n,), generator=generator)
+    return torch.stack([data[s:s + length] for s in starts.tolist()]).long()  # (n, length)
 
 
 def _windows(data: torch.Tensor, n: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    starts = torch.randint(0, len(data) - seq_len - 1, (n,), generator=generator)
-    rows = torch.stack([data[s:s + seq_len + 1] for s in starts.tolist()]).long()  # (n, T + 1)
+    rows = _rows(data, n, seq_len + 1, generator)  # (n, T + 1)
     return rows[:, :-1], rows[:, 1:]  # idx, targets: (n, T) each
 
 
@@ -142,6 +147,66 @@ def compare_training(edits: dict[str, Callable[[Transformer], object]], steps: i
     return runs
 
 
+def _pairs(data: torch.Tensor, n: int, prompt_len: int, completion_len: int,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n preference pairs as (idx, targets) of 2n rows, chosen rows then rejected rows, each (2n, P + C - 1):
+    the chosen completion is the text's real continuation, the rejected one a window from elsewhere."""
+    real = _rows(data, n, prompt_len + completion_len, generator)  # (n, P + C)
+    elsewhere = _rows(data, n, completion_len, generator)  # (n, C)
+    rows = torch.cat([real, torch.cat([real[:, :prompt_len], elsewhere], 1)])  # (2n, P + C)
+    targets = rows[:, 1:].clone()
+    targets[:, :prompt_len - 1] = -100  # only the completion is scored
+    return rows[:, :-1], targets
+
+
+def _completion_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logps = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # (B, T)
+    return (logps * (targets != -100)).sum(-1)  # (B,)
+
+
+def compare_dpo(methods: dict[str, tuple[Callable, Callable]], steps: int = 60, beta: float = 0.1,
+                pretrain_steps: int = 0, n_pairs: int = 16, prompt_len: int = 24, completion_len: int = 8,
+                lr: float = 1e-3, seed: int = 0, progress: bool = True) -> list[Run]:
+    """DPO on the same pairs from the same model, one run per `methods` entry (label -> (completion_logprob,
+    dpo_loss), the learner's or llmlab's). The chosen completion of a Python-source prompt is its real
+    continuation, the rejected one text from elsewhere; held_out is the share of held-out pairs whose chosen
+    completion gains more log-probability over the reference than the rejected one."""
+    torch.manual_seed(seed)
+    seq_len = prompt_len + completion_len
+    base = Transformer(get_preset("gpt2-tiny", vocab_size=256, seq_len=seq_len, n_layer=2, n_embd=64, n_head=4))
+    text = corpus_bytes("stdlib/")
+    if pretrain_steps:
+        _train(base, text, pretrain_steps, 16, seq_len, 3e-3, seed + 2, progress)
+    reference = copy.deepcopy(base).eval().requires_grad_(False)
+    split = int(0.9 * len(text))
+    held_idx, held_targets = _pairs(text[split:], 64, prompt_len, completion_len, torch.Generator().manual_seed(1))
+    runs = []
+    for label, (logprob_fn, loss_fn) in methods.items():
+        def dpo_step(model, batch, logprob_fn=logprob_fn, loss_fn=loss_fn):
+            idx, targets = batch
+            logps = logprob_fn(model(idx), targets)  # (2n,): chosen rows, then rejected rows
+            with torch.no_grad():
+                ref = logprob_fn(reference(idx), targets)
+            return loss_fn(logps[:n_pairs], logps[n_pairs:], ref[:n_pairs], ref[n_pairs:], beta=beta)
+
+        policy = copy.deepcopy(base)
+        generator = torch.Generator().manual_seed(seed)
+        settings = LoopSettings(max_steps=steps, lr=lr, warmup_steps=min(5, steps // 4), progress=progress)
+        start = time.perf_counter()
+        state = train_loop(policy, make_adamw(policy, lr, 0.0, device_type="cpu"),
+                           lambda g=generator: _pairs(text[:split], n_pairs, prompt_len, completion_len, g),
+                           settings, TrainState(), loss_fn=dpo_step)
+        seconds = time.perf_counter() - start
+        policy.eval()
+        with torch.no_grad():
+            margin = _completion_logps(policy(held_idx), held_targets) - _completion_logps(reference(held_idx),
+                                                                                          held_targets)
+        accuracy = float((margin[:64] > margin[64:]).float().mean())
+        runs.append(Run(label, [r["loss"] for r in state.history], accuracy, seconds, policy,
+                        measure="held-out preference accuracy"))
+    return runs
+
+
 @torch.no_grad()
 def generate_text(model: Transformer, prompt: str, n_tokens: int, sample_fn: Callable, seed: int = 0,
                   **kwargs) -> str:
@@ -164,7 +229,7 @@ def plot_runs(runs: list[Run], title: str = "training loss", path: str | None = 
     fig, ax = plt.subplots(figsize=(7, 4))
     for run, style in zip(runs, ("-", "--", ":", "-."), strict=False):
         ax.plot(range(1, len(run.losses) + 1), run.losses, style, linewidth=1.5,
-                label=f"{run.label} (held-out {run.held_out:.3f}, {run.seconds:.0f} s)")
+                label=f"{run.label} ({run.measure} {run.held_out:.3f}, {run.seconds:.0f} s)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per byte)")
     ax.set_title(title)

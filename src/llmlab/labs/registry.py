@@ -98,6 +98,8 @@ LABS = [  # in path order: what each lab needs comes before it
         "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
     Lab("sampling", "temperature, top-k and top-p (nucleus) filtering, drawing the next token", 30, "AMD lab 01",
         "sampling"),
+    Lab("preference", "a completion's log-probability, the Bradley-Terry loss, DPO", 35,
+        "AIMS workshop's RLHF, reward-model and DPO labs", "preference"),
 ]
 
 
