@@ -41,9 +41,12 @@ from llmlab.train.pretrain import pretrain
 from llmlab.train.scaling import bootstrap_law, fit_isoflop, fit_law, non_embedding_params, train_flops
 from llmlab.train.scaling_plot import plot_frontier, plot_isoflop, plot_law
 
-# LAYERSxWIDTH ladders: ~55k-850k non-embedding parameters on a CPU, ~1M-20M on a GPU; the last is beyond the grid
-SIZES = {"cpu": ["2x48", "3x64", "3x96", "4x128"], "cuda": ["4x128", "6x192", "8x256", "8x384"]}
-BEYOND = {"cpu": "5x160", "cuda": "10x512"}
+# LAYERSxWIDTH ladders around Chinchilla's N_opt ~ sqrt(C / 120) (20 tokens per parameter) for the budgets a
+# machine affords in minutes: C ~ 1e11-1e12 FLOPs on a CPU -> ~30k-90k; 16k-160k non-embedding parameters (332k
+# beyond) on a CPU, ~0.9M-14M (31M beyond) on a GPU. Larger CPU models would all be undertrained: their loss
+# would follow D alone and the law's N term could not be fitted.
+SIZES = {"cpu": ["1x32", "2x32", "2x48", "3x64"], "cuda": ["4x128", "6x192", "8x256", "8x384"]}
+BEYOND = {"cpu": "3x96", "cuda": "10x512"}
 GRID_SHARE = 0.75  # of the training time: the grid; the rest trains the size beyond it
 RUN_OVERHEAD_S = 1.5  # per run: building the model, the final evaluation's setup and the checkpoint write
 
@@ -60,9 +63,9 @@ class SweepArgs:
     tokenizer_mb: float = arg(1.0, "MB of text to train the tokenizer on")
     preset: str = arg("llama-tiny", "model family; each size sets its n_layer, n_embd and heads",
                       choices=sorted(PRESETS))
-    sizes: list[str] = arg([], "grid sizes as LAYERSxWIDTH, smallest first (default: 2x48 3x64 3x96 4x128 on a "
+    sizes: list[str] = arg([], "grid sizes as LAYERSxWIDTH, smallest first (default: 1x32 2x32 2x48 3x64 on a "
                                "CPU, larger on a GPU)")
-    beyond: str | None = arg(None, "the size beyond the grid to predict, then train (default: 5x160 on a CPU)")
+    beyond: str | None = arg(None, "the size beyond the grid to predict, then train (default: 3x96 on a CPU)")
     budgets: int = arg(3, "compute budgets, one isoFLOP curve each")
     budget_ratio: float = arg(3.0, "each compute budget is this many times the last")
     min_flops: float | None = arg(None, "the smallest compute budget C_0 in FLOPs (default: what fills --budget on "

@@ -64,7 +64,10 @@ class LawFit:
 
     def predict(self, n, d):
         """Loss at N parameters and D tokens (numbers or numpy arrays)."""
-        return self.E + self.A / np.power(n, self.alpha) + self.B / np.power(d, self.beta)
+        # in logs: a degenerate fit (alpha ~ 30, A ~ 1e140) would overflow N^alpha
+        with np.errstate(divide="ignore"):
+            a, b = np.log(self.A), np.log(self.B)
+        return self.E + np.exp(a - self.alpha * np.log(n)) + np.exp(b - self.beta * np.log(d))
 
     def optimal(self, c):
         """The (N, D) minimising L under 6 N D = C: N_opt = G (C/6)^(beta/(alpha+beta)), D_opt = (C/6) / N_opt,
