@@ -169,8 +169,9 @@ def test_refusals_are_one_line(data_dir, tmp_path, capsys):
         distributed.check_strategy("fsdp+tp", config, 8, tp_size=4)
     with pytest.raises(UserError, match="unknown"):
         distributed.check_strategy("zero3", config, 2)
-    with pytest.raises(UserError, match="experts"):
-        distributed.check_strategy("tp", get_preset("moe-small", vocab_size=320), 2)
+    for strategy in ("tp", "fsdp"):
+        with pytest.raises(UserError, match="experts"):
+            distributed.check_strategy(strategy, get_preset("moe-small", vocab_size=320), 2)
     with pytest.raises(UserError, match="FSDP's policy"):
         distributed.check_strategy("ddp", config, 2, mixed_precision="bf16")
     with pytest.raises(UserError, match="does not divide"):

@@ -22,8 +22,9 @@ Checkpoints: the full weights and optimizer moments are gathered to rank 0
 (`torch.distributed.checkpoint.state_dict`) and written as the ordinary llmlab folder, which any
 strategy, any number of processes, or one process resumes, and `llmlab.load` opens.
 
-What it does not do: pipeline or sequence parallelism, sharded (DCP) checkpoint files, tensor parallelism of
-experts, ALiBi or a norm over all heads at once, or rendezvous across machines (torchrun's job).
+What it does not do: pipeline or sequence parallelism, sharded (DCP) checkpoint files, FSDP or tensor
+parallelism of mixtures of experts (DDP trains them), tensor parallelism of ALiBi or of a norm over all heads
+at once, or rendezvous across machines (torchrun's job).
 """
 
 import os
@@ -102,6 +103,11 @@ def check_strategy(strategy: str, config: ModelConfig, world_size: int, tp_size:
         if world_size > 1:
             raise UserError(f"{world_size} processes but strategy none; choose one of {', '.join(STRATEGIES[1:])}")
         return 1
+    if "fsdp" in strategy and config.n_expert:
+        # an expert no token chose on one process has no gradient there, but has one on another process:
+        # FSDP2's reduce-scatters would then differ in size between processes (gloo aborts, NCCL hangs)
+        raise UserError("fsdp here does not shard a mixture of experts (experts unused on one process break "
+                        "its gradient reduction); use ddp")
     if "tp" not in strategy:
         if tp_size not in (None, 1):
             raise UserError(f"tp_size {tp_size} needs strategy tp or fsdp+tp, not {strategy}")
@@ -189,8 +195,9 @@ def parallelize(model: Transformer, layout: Layout, mixed_precision: str = "none
     if layout.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
+        # an expert that no token picked in a step has no gradient, which DDP must be told to expect
         return DistributedDataParallel(model, device_ids=[layout.device.index] if layout.device.type == "cuda"
-                                       else None)
+                                       else None, find_unused_parameters=bool(model.config.n_expert))
     if "tp" in layout.strategy:
         from torch.distributed.tensor.parallel import parallelize_module
 
