@@ -101,3 +101,58 @@ def test_bad_input_is_a_one_line_error():
         index.search(torch.randn(2, 4), 1)
     with pytest.raises(UserError, match="needs vectors"):
         VectorIndex(8, "ivf").train(torch.empty(0, 8))
+
+
+def test_ranges_lists_every_index():
+    assert vectors_module.ranges(torch.tensor([4, 10]), torch.tensor([2, 3])).tolist() == [4, 5, 10, 11, 12]
+    first, count = torch.tensor([7, 0, 3, 9]), torch.tensor([0, 3, 1, 2])
+    expected = [i for f, c in zip(first.tolist(), count.tolist(), strict=True) for i in range(f, f + c)]
+    assert vectors_module.ranges(first, count).tolist() == expected
+
+
+@pytest.mark.parametrize("budget", [1 << 23, 40_000])  # 40k floats: chunks of two pages, some runs, some gathers
+def test_ivf_equals_faiss_ivf_with_the_same_cells(monkeypatch, budget):
+    monkeypatch.setattr(vectors_module, "SCORE_BUDGET", budget)
+    x, q = clustered(4000, 32, centers=30, seed=5), clustered(300, 32, centers=30, seed=6)
+    ours = VectorIndex(32, "ivf", nlist=40)
+    ours.add(x[:3000], torch.arange(3000) * 2)
+    ours.add(x[3000:], torch.arange(3000, 4000) * 2)  # later vectors go to the trained cells
+    quantizer = faiss.IndexFlatIP(32)
+    quantizer.add(ours.centroids.numpy())  # the same cells: faiss assigns and probes by inner product too
+    theirs = faiss.IndexIVFFlat(quantizer, 32, 40, faiss.METRIC_INNER_PRODUCT)
+    assert theirs.is_trained
+    theirs.add_with_ids(x.numpy(), (torch.arange(4000) * 2).numpy())
+    for nprobe, batch in ((1, 300), (3, 300), (40, 300), (2, 3)):  # 3 queries: their few pages are copied out
+        theirs.nprobe = nprobe
+        d, i = theirs.search(q[:batch].numpy(), 10)
+        scores, ids = ours.search(q[:batch], 10, nprobe)
+        assert torch.equal(ids, torch.from_numpy(i))  # -1 where the probed cells hold fewer than 10
+        found = ids >= 0
+        torch.testing.assert_close(scores[found], torch.from_numpy(d)[found], rtol=1e-5, atol=1e-5)
+    assert (ours.ids == -1).any() and len(ours) == 4000  # cells end in padding, never returned
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_int8_scores_are_the_dequantised_vectors(monkeypatch, kind):
+    monkeypatch.setattr(vectors_module, "SCORE_BUDGET", 20_000)  # several blocks / chunks
+    x, q = clustered(2000, 32, seed=7), clustered(40, 32, seed=8)
+    index = VectorIndex(32, kind, int8=True, nlist=10, nprobe=10)
+    index.add(x, torch.arange(2000))
+    qx, scale = quantize_int8(x)
+    truth = q @ (qx.float() * scale[:, None]).T  # every cell probed: int8 search is exact on these vectors
+    scores, ids = index.search(q, 5)
+    top = truth.topk(5, dim=1)
+    assert torch.equal(ids, top.indices)
+    torch.testing.assert_close(scores, top.values, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_and_fewer_than_k():
+    index = VectorIndex(8, "ivf", nlist=4, nprobe=1)
+    scores, ids = index.search(torch.randn(3, 8), 2)  # nothing stored yet
+    assert ids.tolist() == [[-1, -1]] * 3 and torch.isinf(scores).all()
+    index.add(torch.randn(6, 8), torch.arange(6))
+    assert index.search(torch.randn(0, 8), 3)[1].shape == (0, 3)
+    _, ids = index.search(torch.randn(5, 8), 6)
+    assert ((ids >= 0).sum(1) <= 6).all() and (ids[ids >= 0] < 6).all()
+    assert index.delete(torch.arange(6)) == 6 and len(index) == 0
+    assert index.search(torch.randn(1, 8), 2)[1].tolist() == [[-1, -1]]
