@@ -28,13 +28,13 @@ from llmlab.train.optim import make_adamw
 class FunctionAttention(nn.Module):
     """A decoder's attention layer whose core, softmax(q k^T / sqrt(D)) v, is `fn(q, k, v, causal=True)`.
 
-    The projections, RoPE and the grouped key/value heads stay llmlab's (the wrapped `layer`'s); only
-    plain causal self-attention is supported (no padding mask, KV cache or ALiBi bias).
+    The projections, the grouped key/value heads and (unless `rotate` is given) RoPE stay llmlab's (the
+    wrapped `layer`'s); only plain causal self-attention is supported (no padding mask, KV cache or ALiBi).
     """
 
-    def __init__(self, layer: Attention, fn: Callable):
+    def __init__(self, layer: Attention, fn: Callable, rotate: Callable | None = None, theta: float = 10000.0):
         super().__init__()
-        self.layer, self.fn = layer, fn
+        self.layer, self.fn, self.rotate, self.theta = layer, fn, rotate, theta
 
     def forward(self, x, rope, mask, kv_cache, layer, bias=None) -> torch.Tensor:
         if mask is not None or kv_cache is not None or bias is not None:
@@ -45,17 +45,21 @@ class FunctionAttention(nn.Module):
         q = a.q_proj(x).view(B, T, a.n_head, a.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = a.k_proj(x).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = a.v_proj(x).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        if rope is not None:
+        if rope is not None and self.rotate is not None:  # the learner's RoPE, positions 0..T-1
+            positions = torch.arange(T, device=x.device)
+            q, k = self.rotate(q, positions, theta=self.theta), self.rotate(k, positions, theta=self.theta)
+        elif rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         n_rep = a.n_head // a.n_kv_head
         y = self.fn(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), causal=True)  # (B, H, T, D)
         return a.o_proj(y.transpose(1, 2).reshape(B, T, a.n_head * a.head_dim))  # (B, T, C)
 
 
-def use_attention(model: Transformer, fn: Callable) -> Transformer:
-    """Make every block of `model` compute its attention with `fn(q, k, v, causal=True)`, in place."""
+def use_attention(model: Transformer, fn: Callable, rotate: Callable | None = None) -> Transformer:
+    """Make every block of `model` compute its attention with `fn(q, k, v, causal=True)`, in place; and with
+    `rotate(x, positions, theta=...)` in place of llmlab's RoPE, if given (a RoPE model's)."""
     for name in find_modules(model, (Attention,)):
-        replace_module(model, name, FunctionAttention(model.get_submodule(name), fn))
+        replace_module(model, name, FunctionAttention(model.get_submodule(name), fn, rotate, model.config.rope_theta))
     return model
 
 

@@ -92,6 +92,7 @@ LABS = [  # in path order: what each lab needs comes before it
         "AMD lab 06; 8-week course 2.1 and 3.1", "attention"),
     Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
         "AMD labs 05a and 05b", "norms"),
+    Lab("positions", "sinusoidal positions, RoPE and ALiBi", 35, "8-week course 2.1; AMD lab 10's RoPE", "positions"),
     Lab("kv-cache", "a KV cache inside llmlab's decoder: decoding with it equals decoding without it, and is faster",
         35, "8-week course 3.2", "kv_cache"),
     Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,

@@ -88,7 +88,7 @@ CELLS = [
     md('''
         ## Done?
 
-        `check("norms")` runs every check. Next on the path: `llmlab labs start kv-cache`.
+        `check("norms")` runs every check. Next on the path: `llmlab labs start positions`.
         '''),
     check_cell("norms"),
 ]
