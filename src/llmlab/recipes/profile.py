@@ -51,7 +51,7 @@ class ProfileArgs:
     decode_tokens: int = arg(32, "timed decoding steps")
     profile_steps: int = arg(2, "training and decoding steps run under torch.profiler")
     top: int = arg(15, "operators in the top-by-self-time table")
-    matmul_size: int | None = arg(None, "side of the square matmul that measures peak FLOP/s (default: 2048 on a "
+    matmul_size: int | None = arg(None, "side of the square matmul that measures peak FLOP/s (default: 1024 on a "
                                         "CPU, 8192 on a GPU)")
     copy_mb: int = arg(256, "megabytes copied to measure memory bandwidth (far beyond the caches)")
     bf16: bool = arg(True, "also time training under bf16 autocast")

@@ -94,16 +94,20 @@ def time_matmuls(matmuls: list[Matmul], device: torch.device, dtype: torch.dtype
 
 
 def peak_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
-                      repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` square matmuls of `size` (default: 2048 on a CPU, 8192 on a GPU)."""
-    size = size or (8192 if device.type == "cuda" else 2048)
+                      repeats: int = 20) -> float:
+    """FLOP/s of the best of `repeats` square matmuls of `size` (default: 1024 on a CPU, 8192 on a GPU).
+
+    Many short tries, not a few long ones: on a shared machine a 20 ms matmul often runs undisturbed, a
+    1 s one rarely does (1024^2 already reaches a CPU core's peak; a GPU needs larger tiles to fill its SMs).
+    """
+    size = size or (8192 if device.type == "cuda" else 1024)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b  # warm-up
     return 2 * size**3 / best_seconds(lambda: a @ b, repeats, device)
 
 
-def memory_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
+def memory_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 10) -> float:
     """Bytes/s of copying `megabytes` (far larger than any cache): each byte is read once and written once."""
     src = torch.ones(megabytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
