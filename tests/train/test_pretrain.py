@@ -118,7 +118,7 @@ def test_skipping_bad_steps_is_opt_in_counted_and_capped():
 
 def test_resume_with_a_different_config_is_refused(data_dir, tmp_path):
     pretrain(_cfg(data_dir, tmp_path / "run", stop_at=2))
-    with pytest.raises(UserError, match="other settings.*batch_size"):
+    with pytest.raises(UserError, match="other settings.*global_batch: 4 -> 2"):
         pretrain(_cfg(data_dir, tmp_path / "run", batch_size=2, resume=True))
     with pytest.raises(UserError, match="already exists; pass --resume"):
         pretrain(_cfg(data_dir, tmp_path / "run"))

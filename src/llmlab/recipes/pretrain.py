@@ -11,7 +11,6 @@ Writes `<out>/checkpoint` (reopens with `llmlab.load(out)`), `<out>/run_config.j
 
 import dataclasses
 import os
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +82,11 @@ def loop_settings(args: PretrainArgs) -> LoopSettings:
 
 
 def run(args: PretrainArgs) -> dict:
-    """Train per `args`; returns a summary (n_params, tokens_seen, tokens_per_s, final losses, paths)."""
+    """Train per `args`; returns a summary (n_params, tokens_seen, tokens_per_s, final losses, paths).
+
+    With a `strategy` outside torchrun, runs torchrun with `nproc` processes instead and returns the
+    checkpoint's path; a failed torchrun raises SystemExit with its exit status.
+    """
     device = resolve_device(args.device)
     launching = args.strategy != "none" and not distributed.under_torchrun()
     if distributed.process_rank():
@@ -102,8 +105,6 @@ def run(args: PretrainArgs) -> dict:
         raise UserError(f"--nproc {args.nproc}: give at least 1")
     distributed.check_strategy(args.strategy, model_config, world, args.tp_size, args.mixed_precision)
     if launching:  # refused above or here, before any process starts, rather than once per process
-        command = distributed.torchrun_command(["pretrain", *as_argv(args)], args.nproc)
-        log.info("running: " + " ".join(shlex.quote(c) for c in command))
         status = distributed.launch(["pretrain", *as_argv(args)], args.nproc)
         if status:
             raise SystemExit(status)

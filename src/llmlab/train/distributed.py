@@ -28,6 +28,7 @@ at once, or rendezvous across machines (torchrun's job).
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
-from llmlab.common import checkpoint
+from llmlab.common import checkpoint, log
 from llmlab.common.errors import UserError
 from llmlab.models import ModelConfig, Transformer
 from llmlab.train.loop import Parallelism
@@ -368,7 +369,9 @@ def launch(argv: list[str], nproc: int) -> int:
     """
     if nproc < 1:
         raise UserError(f"nproc must be at least 1, got {nproc}")
-    proc = subprocess.Popen(torchrun_command(argv, nproc))
+    command = torchrun_command(argv, nproc)
+    log.info("running: " + shlex.join(command))
+    proc = subprocess.Popen(command)
     try:
         return proc.wait()
     except KeyboardInterrupt:
