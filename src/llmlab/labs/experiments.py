@@ -9,6 +9,7 @@ so nothing needs a tokenizer or a download. This file does not check anything: t
 """
 
 import copy
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ class Run:
     losses: list[float]
     held_out: float  # measured on fixed held-out data after training: a loss, or a share for `measure`
     seconds: float
-    model: nn.Module = field(repr=False)
+    model: nn.Module | None = field(repr=False)
     measure: str = "held-out loss"  # what held_out is
 
 
@@ -209,6 +210,38 @@ def compare_dpo(methods: dict[str, tuple[Callable, Callable]], steps: int = 60, 
         runs.append(Run(label, [r["loss"] for r in state.history], accuracy, seconds, policy,
                         measure="held-out preference accuracy"))
     return runs
+
+
+def train_scalar_mlp(value_cls: type, label: str, steps: int = 40, hidden: int = 8, n_points: int = 40,
+                     lr: float = 0.1, seed: int = 0) -> Run:
+    """A 2 -> hidden -> 1 tanh network of `value_cls` scalars (the learner's Value, or llmlab's
+    `llmlab.fundamentals.autograd.Value`) trained by gradient descent on llmlab's two moons with the hinge
+    loss; the same seed gives the same weights and data for every engine. held_out: training accuracy."""
+    from llmlab.fundamentals.autograd import make_moons
+
+    rng = random.Random(seed)
+    w1 = [[value_cls(rng.uniform(-1, 1)) for _ in range(2)] for _ in range(hidden)]
+    b1 = [value_cls(0.0) for _ in range(hidden)]
+    w2, b2 = [value_cls(rng.uniform(-1, 1)) for _ in range(hidden)], value_cls(0.0)
+    params = [w for row in w1 for w in row] + b1 + w2 + [b2]
+    points, labels = make_moons(n_points, noise=0.1, seed=seed)
+
+    def score(p):
+        h = [(row[0] * p[0] + row[1] * p[1] + b).tanh() for row, b in zip(w1, b1, strict=True)]
+        return sum((w * x for w, x in zip(w2, h, strict=True)), b2)
+
+    losses, start = [], time.perf_counter()
+    for _ in range(steps):
+        loss = sum(((1 - y * score(p)).relu() for p, y in zip(points, labels, strict=True)), value_cls(0.0))
+        loss = loss * (1.0 / n_points)
+        for q in params:
+            q.grad = 0.0
+        loss.backward()
+        for q in params:
+            q.data -= lr * q.grad
+        losses.append(float(loss.data))
+    accuracy = sum((score(p).data > 0) == (y > 0) for p, y in zip(points, labels, strict=True)) / n_points
+    return Run(label, losses, accuracy, time.perf_counter() - start, None, measure="training accuracy")
 
 
 @torch.no_grad()

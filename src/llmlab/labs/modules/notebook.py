@@ -73,7 +73,7 @@ CELLS = [
     md('''
         ## Done?
 
-        `check("modules")` runs every check. Next on the path: `llmlab labs start attention`.
+        `check("modules")` runs every check. Next on the path: `llmlab labs start micrograd`.
         '''),
     check_cell("modules"),
 ]
