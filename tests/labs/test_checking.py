@@ -72,3 +72,18 @@ def test_start_never_overwrites_an_edited_file_without_force(tmp_path):
 def test_user_mistakes(call, message, tmp_path):
     with pytest.raises(UserError, match=message):
         call(tmp_path)
+
+
+def test_check_defaults_to_the_current_folder_and_shows_as_lines(tmp_path, monkeypatch):
+    start("attention", tmp_path, solution=True)
+    monkeypatch.chdir(tmp_path)
+    report = check("attention", only="cross_attention")
+    assert report.passed
+    assert repr(report).splitlines()[1].startswith("✓ cross_attention:")  # what a notebook cell shows
+
+
+def test_a_notebook_cell_must_be_markdown_or_code():
+    from llmlab.labs import notebook_json
+
+    with pytest.raises(ValueError, match="cell 1: kind 'raw'"):
+        notebook_json([("markdown", "# hi"), ("raw", "x")])
