@@ -21,7 +21,10 @@ def test_profile_report(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     t, d = report["training"], report["decoding"]
-    assert 0 < t["mfu"] <= 1 and 0 < d["mbu"] <= 1
+    assert 0 < t["mfu"] <= 1
+    # MBU may pass 1 on a CPU: this model's 5 MB of weights can stay in cache, read faster than memory
+    assert d["mbu"] > 0 and d["mbu"] == pytest.approx(d["bytes_per_token"] * d["tokens_per_s"] / report["bandwidth"])
+    assert report["cache_bandwidth"] > 0
     assert t["achieved_flops"] == pytest.approx(t["flops_per_token"] * t["tokens_per_s"])
     assert t["mfu_spec"] is None  # spec-sheet peaks are for GPUs
     assert 0 < len(report["top_ops"]) <= 8 and any("mm" in op["op"] for op in report["top_ops"])
