@@ -152,6 +152,25 @@ def compare_training(edits: dict[str, Callable[[Transformer], object]], steps: i
     return runs
 
 
+@torch.no_grad()
+def held_out_loss(model: Transformer, data: str = "stdlib/", seed: int = 0) -> float:
+    """The loss on the held-out windows `compare_training` reports for the same `data` and `seed`."""
+    text = corpus_bytes(data)
+    held_out = _windows(text[int(0.9 * len(text)):], 32, model.config.seq_len, torch.Generator().manual_seed(seed + 1))
+    return float(lm_loss(model.eval(), held_out))
+
+
+@torch.no_grad()
+def with_weights(model: Transformer, fn: Callable[[torch.Tensor], torch.Tensor]) -> Transformer:
+    """A copy of `model` with every block's linear weight w replaced by fn(w) (quantised, pruned); the
+    embeddings and the head are left as they are."""
+    model = copy.deepcopy(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.startswith("blocks."):
+            module.weight.copy_(fn(module.weight.detach().clone()).to(module.weight.dtype))
+    return model
+
+
 def _pairs(data: torch.Tensor, n: int, prompt_len: int, completion_len: int,
            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """n preference pairs as (idx, targets) of 2n rows, chosen rows then rejected rows, each (2n, P + C - 1):

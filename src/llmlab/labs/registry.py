@@ -99,6 +99,8 @@ LABS = [  # in path order: what each lab needs comes before it
         35, "8-week course 3.2", "kv_cache"),
     Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
         "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
+    Lab("quantization", "absmax and zero-point int8, group-wise int4, 2:4 pruning", 35,
+        "the AIMS workshop's quantisation and sparsity lab; the RUB lecture's exercises", "quantization"),
     Lab("sampling", "temperature, top-k and top-p (nucleus) filtering, drawing the next token", 30, "AMD lab 01",
         "sampling"),
     Lab("preference", "a completion's log-probability, the Bradley-Terry loss, DPO", 35,

@@ -81,7 +81,7 @@ CELLS = [
 
         `check("lora")` runs every check. Going further: QLoRA is this same adapter on a base stored in 4 bits
         (`llmlab.finetune.lora.apply_qlora`), and `llmlab finetune compare` puts the methods side by side. Next on
-        the path: `llmlab labs start sampling`.
+        the path: `llmlab labs start quantization`.
         '''),
     check_cell("lora"),
 ]

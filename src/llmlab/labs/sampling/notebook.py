@@ -70,7 +70,8 @@ CELLS = [
         ## Done?
 
         `check("sampling")` runs every check. `llmlab generate` uses llmlab's version of exactly these functions
-        (`llmlab.infer.sampling`), with min-p and a repetition penalty besides.
+        (`llmlab.infer.sampling`), with min-p and a repetition penalty besides. Next on the path:
+        `llmlab labs start preference`.
         '''),
     check_cell("sampling"),
 ]
