@@ -3,8 +3,10 @@
 Two ranks are launched by `llmlab.train.spawn` (a dying or hung rank fails the test, never hangs it); the
 single-process runs they are compared with are `pretrain` as `llmlab pretrain` runs it. Losses agree to
 1e-5. Weights agree to a tolerance tied to the learning rate: Adam divides each gradient by its own
-running size, so where a gradient is near Adam's eps (1e-8) the ~1e-9 rounding differences of summing
-in another order (an all-reduce, a matmul split in two) move that weight by up to a few percent of one step.
+running size, so where a gradient is near Adam's eps (1e-8), the ~1e-9 rounding differences of summing in
+another order move that weight by a fraction of one step. Summing the batch's halves (DDP, FSDP) moved
+weights by at most 0.005 lr in 3 steps here; splitting every matmul (TP) by 0.11 lr, and its losses by
+7e-6, where SGD in its place agrees to 6e-8. The tolerances below leave about twice that.
 """
 
 import os
@@ -60,16 +62,16 @@ def _two_processes(data_dir, out, batch_size: int, strategy: str, **kw) -> dict:
     return ranks[0]
 
 
-def _assert_same_run(got: dict, want: dict, out, reference_out) -> None:
+def _assert_same_run(got: dict, want: dict, out, reference_out, split_matmuls: bool = False) -> None:
     torch.testing.assert_close(got["losses"], want["losses"], rtol=0, atol=1e-5)
     torch.testing.assert_close(got["val"], want["val"], rtol=0, atol=1e-5)
     weights, reference = llmlab.load(out).model.state_dict(), llmlab.load(reference_out).model.state_dict()
     assert weights.keys() == reference.keys()
+    atol, relative = (0.25 * LR, 4e-5) if split_matmuls else (0.01 * LR, 1.5e-6)
     for name, w in reference.items():
-        torch.testing.assert_close(weights[name], w, rtol=0, atol=0.1 * LR, msg=name)
-    moved = sum(((weights[n] - w) ** 2).sum() for n, w in reference.items()) ** 0.5
-    norm = sum((w ** 2).sum() for w in reference.values()) ** 0.5
-    assert moved / norm < 1e-5
+        torch.testing.assert_close(weights[name], w, rtol=0, atol=atol, msg=name)
+    difference = sum(((weights[n] - w) ** 2).sum() for n, w in reference.items()) ** 0.5
+    assert difference / sum((w ** 2).sum() for w in reference.values()) ** 0.5 < relative
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def one_process(data_dir, tmp_path_factory):
 def test_two_processes_equal_one(strategy, batch_size, grad_accum, one_batch, data_dir, tmp_path, one_process):
     want, reference_out = one_process(one_batch, grad_accum)
     got = _two_processes(data_dir, tmp_path, batch_size, strategy, grad_accum=grad_accum)
-    _assert_same_run(got, want, tmp_path, reference_out)
+    _assert_same_run(got, want, tmp_path, reference_out, split_matmuls=strategy == "tp")
     meta = read_meta(tmp_path / "checkpoint")
     assert meta["layout"] == {"strategy": strategy, "processes": 2, "tp": 2 if strategy == "tp" else 1}
     assert meta["run"]["global_batch"] == one_batch
@@ -141,7 +143,7 @@ def test_fsdp_bf16_mixed_precision_trains_with_float32_masters(data_dir, tmp_pat
 def test_fsdp_tp_on_both_2d_meshes(tp_size, batch_size, one_batch, data_dir, tmp_path, one_process):
     want, reference_out = one_process(one_batch)
     got = _two_processes(data_dir, tmp_path, batch_size, "fsdp+tp", tp_size=tp_size)
-    _assert_same_run(got, want, tmp_path, reference_out)
+    _assert_same_run(got, want, tmp_path, reference_out, split_matmuls=tp_size > 1)
 
 
 def test_resume_on_another_layout_is_exact(data_dir, tmp_path, one_process):
@@ -151,7 +153,7 @@ def test_resume_on_another_layout_is_exact(data_dir, tmp_path, one_process):
     first = _two_processes(data_dir, tmp_path, 2, "fsdp", stop_at=2)
     assert first["losses"] == pytest.approx(want["losses"][:2], abs=1e-5)
     rest = _two_processes(data_dir, tmp_path, 4, "tp", resume=True, resume_keys=("global_batch",))
-    _assert_same_run(rest, want, tmp_path, reference_out)
+    _assert_same_run(rest, want, tmp_path, reference_out, split_matmuls=True)
 
 
 def test_resume_refuses_another_global_batch(data_dir, one_process):
