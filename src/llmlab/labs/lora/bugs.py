@@ -59,10 +59,6 @@ BUGS = [
         "base(x) is missing"),
     Bug("merge-without-scale", "LoRALinear", planted(LORA, "self.base.weight + self.scale * self.B @ self.A",
                                                      "self.base.weight + self.B @ self.A"), "forgot the scale"),
-    Bug("merge-in-place", "LoRALinear", planted(
-        LORA, "        merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not "
-              "None)\n        merged.weight.copy_(",
-        "        merged = self.base\n        merged.weight.copy_("), "merge() changed the LoRALinear itself"),
     Bug("add-lora-does-not-freeze", "add_lora", planted(LORA, "    model.requires_grad_(False)\n", ""),
         "freeze the model first"),
     Bug("add-lora-wraps-everything", "add_lora", planted(LORA, " and name.endswith(tuple(targets))", ""),

@@ -109,7 +109,7 @@ def lora_shapes_and_gradients(ws: Workspace) -> None:
             raise CheckFailed("base.weight trains after a forward: the base must stay frozen")
 
 
-@CHECKS.add("LoRALinear", "merge() returns a plain nn.Linear with the same outputs and leaves the layer alone")
+@CHECKS.add("LoRALinear", "merge() returns a plain nn.Linear with the same outputs")
 def lora_merge(ws: Workspace) -> None:
     for bias in (True, False):
         base = nn.Linear(8, 5, bias=bias)
@@ -129,11 +129,6 @@ def lora_merge(ws: Workspace) -> None:
                     base(x) + x @ (m.B @ m.A).T,
                 "the merged weight is scaled by alpha, not alpha / rank": base(x) + 6.0 * x @ (m.B @ m.A).T,
             }, "the merged layer's outputs differ from the adapter's")
-            if not close(call(m, x), before):
-                raise CheckFailed("merge() changed the LoRALinear itself: its outputs are different afterwards; "
-                                  "build a new nn.Linear and leave base as it is")
-            if merged.weight is base.weight:
-                raise CheckFailed("the merged layer shares base's weight tensor: copy it")
 
 
 @CHECKS.add("add_lora", "wraps each targeted linear layer of an llmlab decoder; everything else frozen")

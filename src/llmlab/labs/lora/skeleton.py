@@ -27,8 +27,9 @@ class LoRALinear(nn.Module):
         raise NotImplementedError("TODO: the frozen layer's output plus the scaled low-rank path")
 
     def merge(self) -> nn.Linear:
-        """A new, plain nn.Linear with weight W + (alpha / rank) * B @ A (and base's bias): the same outputs as
-        this layer, at no extra cost. Leaves this layer unchanged."""
+        """A plain nn.Linear with weight W + (alpha / rank) * B @ A (and base's bias): the same outputs as this
+        layer, at no extra cost. Best build a new one: a base changed in place would make this LoRALinear add
+        its update twice afterwards."""
         raise NotImplementedError("TODO: build an nn.Linear and fill in the merged weight and the bias")
 
 
