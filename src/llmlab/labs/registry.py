@@ -90,6 +90,8 @@ LABS = [  # in path order: what each lab needs comes before it
         "AMD labs 03 and 09", "modules"),
     Lab("micrograd", "a scalar autograd engine: the chain rule per operation, topological order, accumulation",
         45, "8-week course 2.3", "micrograd"),
+    Lab("bpe", "byte-level BPE: pair counts, merges, training, encoding and decoding", 40,
+        "the study group's minbpe exercise; 8-week course 1.3", "bpe"),
     Lab("attention", "scaled dot-product attention, the causal mask, multi-head and cross-attention", 45,
         "AMD lab 06; 8-week course 2.1 and 3.1", "attention"),
     Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
