@@ -87,3 +87,13 @@ def test_a_notebook_cell_must_be_markdown_or_code():
 
     with pytest.raises(ValueError, match="cell 1: kind 'raw'"):
         notebook_json([("markdown", "# hi"), ("raw", "x")])
+
+
+def test_a_swallowing_except_or_exit_cannot_escape_the_checks(tmp_path, monkeypatch):
+    monkeypatch.setattr(checking, "CHECK_SECONDS", 0.3)
+    source = ("def attention(q, k, v, causal=True):\n    try:\n        while True:\n            pass\n"
+              "    except Exception:\n        return q\n")
+    report = check("attention", _lab_file(tmp_path, source), only="attention")
+    assert "still running after" in report.results[0].message
+    report = check("attention", _lab_file(tmp_path, "import sys\nsys.exit(3)\n"), only="attention")
+    assert report.results[0].message.startswith("attention.py does not load: SystemExit: 3")

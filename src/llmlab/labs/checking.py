@@ -36,8 +36,9 @@ class NotImplementedYet(Exception):
     """The learner's file does not define the name a check needs yet."""
 
 
-class CheckTimeout(Exception):
-    pass
+class CheckTimeout(BaseException):
+    """Raised by the timer inside the learner's code; a BaseException, so their `except Exception` cannot
+    swallow it."""
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _run_one(check: Check, ws: Workspace) -> Result:
     except CheckTimeout:
         return Result(check.item, check.title, "fail",
                       f"still running after {CHECK_SECONDS:.0f} s: is there an endless loop?")
-    except Exception as e:  # the learner's code raised: one line, never a traceback
+    except (Exception, SystemExit) as e:  # the learner's code raised (or called exit()): one line, no traceback
         return Result(check.item, check.title, "fail", describe_error(e, ws.path))
     return Result(check.item, check.title, "pass")
 
@@ -178,7 +179,7 @@ def run_checks(lab: str, checks: CheckList, path: Path, only: str | None = None)
     report = Report(lab, path)
     try:
         ws = load_workspace(path, lab)
-    except Exception as e:  # a syntax error or a failing top-level line: every check fails with it
+    except (Exception, SystemExit) as e:  # a syntax error or a failing top-level line: every check fails with it
         message = f"{path.name} does not load: {describe_error(e, path)}"
         if isinstance(e, SyntaxError):
             message = f"{path.name} does not load: SyntaxError: {e.msg} (at {path.name}:{e.lineno})"
