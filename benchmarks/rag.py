@@ -6,9 +6,9 @@
 3. approximate search: recall@10 (against exact) and queries per second at batch 500, for our IVF over an
    nprobe sweep and for faiss's IVFFlat (as many cells) and HNSW (M=32, an efSearch sweep), plotted; the
    ratio is our best QPS at recall >= 0.95 over faiss IVF's;
-4. build time and peak memory at 10k and N vectors: our `VectorIndex` (exact, IVF) against faiss's (flat,
-   IVFFlat), and a whole `llmlab.rag.index.Index` folder (vectors, BM25, SQLite, saved; vectors given, so
-   the model's time is not counted).
+4. build time and peak memory at 10k and N vectors, each build in a fresh process: our `VectorIndex`
+   (exact, IVF) against faiss's (flat, IVFFlat), and a whole `llmlab.rag.index.Index` folder (vectors,
+   BM25, SQLite, saved; vectors given, so the model's time is not counted).
 The vectors for 2-4 are synthetic but embedding-like: unit vectors around 100 topics (a corpus has themes;
 uniform random vectors have none and make every IVF look bad). With about sqrt(N) cells, a topic spans
 several cells, so one probed cell finds about half of the 10 nearest and the recall curve has a shape (with
@@ -164,48 +164,53 @@ def approximate(n: int, plot: Path, hnsw: bool) -> dict:
             "ratio_vs_faiss_ivf": ours95 / faiss95 if ours95 and faiss95 else None, "plot": str(plot)}
 
 
-def measured(fn) -> tuple[float, float | None]:
-    """Seconds and peak extra MB (resident set, rounded) of one call."""
-    memory = PeakMemory("cpu")
-    t0 = time.perf_counter()
-    fn()
-    extra = memory.extra_mb()
-    return time.perf_counter() - t0, None if extra is None else round(extra)
-
-
-def build(n: int, kind: str) -> dict:
-    """Ours and faiss's vector index built on the same n vectors, then a whole Index folder."""
+def build_once(what: str, n: int, kind: str, threads: int) -> tuple[float, float | None]:
+    """Seconds and peak extra MB (resident set, rounded) of one build, run in a fresh process by `build`."""
     import faiss
 
     from llmlab.rag.index import Index
     from llmlab.rag.vectors import VectorIndex
 
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    log.set_quiet(True)
+    memory = PeakMemory("cpu")  # from before the vectors exist: the peak counts them, alike for every builder
     vectors = clustered(n, seed=3)
-
-    def ours() -> None:
+    if what == "index folder":
+        words = "retrieval index vector chunk source token query answer model passage search score".split()
+        chunks = [Chunk(f"doc{i // 10}.txt", " ".join(words[(i * 7 + j) % len(words)] for j in range(60))
+                        + f" n{i}", 0, 0) for i in range(n)]
+    t0 = time.perf_counter()
+    if what == "ours":
         VectorIndex(DIM, kind).add(vectors, torch.arange(n))
-
-    def theirs() -> None:
-        if kind == "exact":
-            faiss.IndexFlatIP(DIM).add(vectors.numpy())
-            return
+    elif what == "faiss" and kind == "exact":
+        faiss.IndexFlatIP(DIM).add(vectors.numpy())
+    elif what == "faiss":
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, round(n ** 0.5), faiss.METRIC_INNER_PRODUCT)
         index.train(vectors.numpy())
         index.add(vectors.numpy())
-
-    words = "retrieval index vector chunk source token query answer model passage search score".split()
-    chunks = [Chunk(f"doc{i // 10}.txt", " ".join(words[(i * 7 + j) % len(words)] for j in range(60)) + f" n{i}",
-                    0, 0) for i in range(n)]
-    folder = Index("all-minilm-l6-v2", kind=kind)
-
-    def whole() -> None:
+    else:
+        folder = Index("all-minilm-l6-v2", kind=kind)
         folder.add_chunks(chunks, vectors)
         folder.save(Path("runs/bench/rag_index"))
+    seconds, extra = time.perf_counter() - t0, memory.extra_mb()
+    return seconds, None if extra is None else round(extra)
 
-    (s_ours, mb_ours), (s_faiss, mb_faiss), (s_whole, mb_whole) = measured(ours), measured(theirs), measured(whole)
-    return {"vectors": n, "kind": kind, "ours_s": s_ours, "faiss_s": s_faiss, "ratio": s_faiss / s_ours,
-            "ours_peak_extra_mb": mb_ours, "faiss_peak_extra_mb": mb_faiss, "index_folder_s": s_whole,
-            "index_folder_peak_extra_mb": mb_whole, "disk_mb": folder.size_bytes() / 2**20}
+
+def build(n: int, kind: str, threads: int) -> dict:
+    """Ours and faiss's vector index built on the same n vectors, then a whole Index folder (chunks, BM25,
+    SQLite, saved), each in a fresh process: a process's resident set never shrinks, so one build's peak
+    would hide the next's."""
+    import multiprocessing
+
+    out = {"vectors": n, "kind": kind}
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for what in ("ours", "faiss", "index folder"):
+            seconds, mb = pool.apply_async(build_once, (what, n, kind, threads)).get(timeout=1800)
+            out[what] = {"seconds": seconds, "peak_extra_mb": mb}
+    out["time_ratio"] = out["ours"]["seconds"] / out["faiss"]["seconds"]  # above 1: ours is slower
+    out["disk_mb"] = sum(f.stat().st_size for f in Path("runs/bench/rag_index").iterdir()) / 2**20
+    return out
 
 
 def main() -> None:
@@ -241,12 +246,12 @@ def main() -> None:
           f"q/s at recall>=0.95 {r['qps_at_recall_0.95']}; ratio vs faiss IVF {r['ratio_vs_faiss_ivf']}; "
           f"plot {r['plot']}", flush=True)
     sizes = sorted({2_000 if a.quick else 10_000, big})
-    result["build"] = [build(n, kind) for n in sizes for kind in ("exact", "ivf")]
+    result["build"] = [build(n, kind, a.threads) for n in sizes for kind in ("exact", "ivf")]
     for r in result["build"]:
-        print(f"build {r['vectors']} vectors ({r['kind']}): ours {r['ours_s']:.2f} s +{r['ours_peak_extra_mb']} MB, "
-              f"faiss {r['faiss_s']:.2f} s +{r['faiss_peak_extra_mb']} MB (speed ratio {r['ratio']:.2f}); "
-              f"whole index folder {r['index_folder_s']:.1f} s +{r['index_folder_peak_extra_mb']} MB, "
-              f"{r['disk_mb']:.1f} MB on disk", flush=True)
+        print(f"build {r['vectors']} vectors ({r['kind']}): " + "; ".join(
+            f"{what} {r[what]['seconds']:.2f} s, peak +{r[what]['peak_extra_mb']} MB"
+            for what in ("ours", "faiss", "index folder")) + f"; ours/faiss time {r['time_ratio']:.2f}, "
+              f"folder {r['disk_mb']:.1f} MB on disk", flush=True)
     print(json.dumps(result))
 
 

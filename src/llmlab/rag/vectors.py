@@ -1,23 +1,26 @@
 """Vector indexes for inner-product search, written here: exact (matmul + top-k) and IVF, optionally int8.
 
-Vectors are stored as the columns of one (dim, width) matrix, so scoring a query is `q @ columns`: a GEMV
-that streams the store once, row by contiguous row (a row-major (N, dim) store with `store @ q` ran 2-3x
-slower through MKL at batch 1 on this CPU, and faiss's own SIMD loop is as fast as the column layout).
-
-- exact: scores = queries @ columns, a block of columns at a time so scores never exceed `SCORE_BUDGET`
-  floats (B x block; at batch 1 one block covers 8M vectors), keeping a running top-k. Same ids as faiss
-  `IndexFlatIP`.
+Search is memory-bound: each query reads the vectors it scores once, so the layout is chosen for reading.
+- exact: the vectors are the columns of one (dim, N) matrix, so scoring is `queries @ columns`, a GEMV at
+  batch 1 that streams the store row by contiguous row (a row-major (N, dim) store through `store @ q` ran
+  2-3x slower in MKL at batch 1 on this CPU; the column GEMV runs as fast as faiss's own SIMD loop). Columns
+  are scored a block at a time so scores never exceed `SCORE_BUDGET` floats (B x block: one block covers
+  8M vectors at batch 1, 131k at batch 64), keeping a running top-k. Same ids as faiss `IndexFlatIP`.
 - ivf: the inverted file of Jégou et al. 2011 (faiss `IndexIVFFlat`): k-means (Lloyd; spherical, assigned by
   inner product) cuts the space into `nlist` cells; each vector lives in its nearest cell; a query scores only
-  the vectors in its `nprobe` nearest cells. Columns are grouped cell by cell into pages of `PAGE` columns
-  (a cell's last page padded with zero columns of id -1 and score -inf), like paged attention's KV blocks:
-  every page belongs to one cell, so a batch of queries becomes (query, page) pairs, grouped by page into
-  one `bmm` of (pages, queries of the page, dim) x (pages, dim, PAGE). No Python loop over cells or queries.
+  the vectors in its `nprobe` nearest cells. The vectors are stored cell by cell in pages of `PAGE` columns,
+  pages (n_pages, dim, PAGE), a cell's last page padded with zero columns (id -1, score -inf), as paged
+  attention keeps KV blocks. Every page belongs to one cell, so a batch of queries becomes (query, page)
+  pairs, grouped by page into a `bmm` of (pages, queries of the page, dim) x (pages, dim, PAGE): each probed
+  page is read once per batch, however many queries probe it (faiss reads it once per query). No Python
+  loop over cells or queries; one over chunks of pages, to bound memory.
 - int8: each vector stored as round(127 * v / max|v|) with its scale (4x smaller); scores are computed on the
   int8 columns turned to float a block (or the probed pages) at a time, times the scales.
 Vectors carry int64 ids; `add` appends (an IVF assigns new vectors to the trained cells, as faiss does, without
-retraining), `delete` removes by id. `state()` gives tensors and JSON fields to save (vectors as (N, dim)
-rows, padding left out); nothing is pickled. This file knows nothing about text, chunks or files.
+retraining), `delete` removes by id; both rebuild the store (O(N), meant for batches). `state()` gives tensors
+and JSON fields to save (vectors as (N, dim) rows, padding left out, as before the layouts changed); nothing
+is pickled. HNSW is not here: a graph walk is one small step per hop, slow in Python, and IVF batched this way
+is within reach of faiss. This file knows nothing about text, chunks or files.
 """
 
 import math
@@ -109,6 +112,7 @@ class VectorIndex:
         slot = self.cell_pages[cells] * PAGE + torch.arange(len(cells)) - (sizes.cumsum(0) - sizes)[cells]
         padded = rows.new_zeros(width, self.dim)
         padded[slot] = rows[order]
+        # (width, dim) -> (pages, PAGE, dim) -> (pages, dim, PAGE): a page is a (dim, PAGE) block of columns
         self.columns, self.pages = None, padded.view(-1, PAGE, self.dim).transpose(1, 2).contiguous()
         self.ids = torch.full((width,), -1, dtype=torch.int64)
         self.ids[slot] = ids[order]
