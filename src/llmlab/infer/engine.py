@@ -3,11 +3,12 @@
 Requests arrive at any time (`add_request`) and leave when done; `step()` is one scheduler iteration:
   1. admit waiting requests (first come, first served) while the batch has room and the pool has blocks
      for the prompt, reusing cached full blocks of a shared prefix;
-  2. decode: one forward over every running sequence whose prompt is in the cache, one new token each,
-     keys right-aligned and padded (`PagedStep`), positions per row;
-  3. prefill: at most `prefill_chunk` prompt tokens in this step (chunked prefill, Agrawal et al. 2024,
-     "Sarathi"), so a long prompt is spread over several steps and cannot stall everyone's decoding; the
-     chunks of several prompts go through one forward, packed in one row (`PagedStep`'s packed layout);
+  2. schedule: one new token for every running sequence whose prompt is in the cache (decode), and at most
+     `prefill_chunk` prompt tokens (chunked prefill, Agrawal et al. 2024, "Sarathi"), so a long prompt is
+     spread over several steps and cannot stall everyone's decoding;
+  3. one forward over all of them: every new token of the step side by side in one row, so the weights are
+     read once per step; attention runs per group through the cache (`PagedStep`: the decoders as a padded
+     batch, the prefill chunks packed), each token at its own position;
   4. sample each sequence's token with its own parameters and its own seeded `torch.Generator`, and retire
      the finished ones (their blocks go back at once).
 When a sequence needs a block and none is free, the most recently admitted running sequence is preempted by
@@ -189,17 +190,20 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
-        """Admit, decode every sequence whose prompt is in, prefill up to prefill_chunk tokens; [] when idle."""
+        """Admit, then one forward: a token for every sequence whose prompt is in, and up to prefill_chunk
+        prompt tokens; [] when idle."""
         events, self.pending = self.pending, []
         self._admit()
         decoding = [s for s in self.running if s.computed == len(s.tokens) - 1]
         for seq in decoding:
             if seq in self.running:  # a block for its next token may cost a newer sequence its place
                 self._reserve(seq, 1)
+        chunks = self._schedule_prefill()
+        # a prefill reservation may have preempted a decoding sequence, or an earlier chunk's sequence
         decoding = [s for s in decoding if s in self.running]
-        if decoding:
-            events += self._decode(decoding)
-        events += self._prefill()
+        chunks = [(s, n) for s, n in chunks if s in self.running]
+        if decoding or chunks:
+            events += self._forward(decoding, chunks)
         return events
 
     def _admit(self) -> None:
@@ -233,13 +237,13 @@ class Engine:
         """Blocks for seq's next n tokens, preempting newer sequences if needed; False if seq itself was."""
         need = -(-(seq.computed + n) // self.block_size) - len(seq.table)
         for _ in range(need):
-            block = self.blocks.allocate()
+            block = self.cache.allocate()
             while block is None:
                 victim = max(self.running, key=lambda s: s.arrival)
                 self._preempt(victim)
                 if victim is seq:
                     return False
-                block = self.blocks.allocate()
+                block = self.cache.allocate()
             seq.table.append(block)
         return True
 
@@ -255,8 +259,8 @@ class Engine:
             self.blocks.release(block)
         seq.table, seq.computed, seq.registered, seq.content = [], 0, 0, 0
 
-    def _prefill(self) -> list[TokenEvent]:
-        """Up to prefill_chunk prompt tokens, oldest sequences first, packed into as few forwards as fit."""
+    def _schedule_prefill(self) -> list[tuple[_Sequence, int]]:
+        """Up to prefill_chunk prompt tokens, oldest sequences first, with blocks reserved for them."""
         budget, chunks = self.prefill_chunk, []
         for seq in [s for s in self.running if s.computed < len(s.tokens) - 1]:
             n = min(budget, len(seq.tokens) - seq.computed)
@@ -264,42 +268,25 @@ class Engine:
                 continue
             chunks.append((seq, n))
             budget -= n
-        chunks = [(s, n) for s, n in chunks if s in self.running]  # a later reservation may have preempted one
-        events, pack, keys = [], [], 0
-        for seq, n in chunks:  # a pack holds at most seq_len keys, the model's own limit on one row
-            if pack and keys + seq.computed + n > self.seq_len:
-                events += self._run_pack(pack)
-                pack, keys = [], 0
-            pack.append((seq, n))
-            keys += seq.computed + n
-        return events + (self._run_pack(pack) if pack else [])
+        return chunks
 
-    def _run_pack(self, pack: list[tuple[_Sequence, int]]) -> list[TokenEvent]:
-        seqs, counts = [s for s, _ in pack], [n for _, n in pack]
-        view = self.cache.step([s.table for s in seqs], [s.computed for s in seqs], counts, packed=True,
-                               reference=self.reference)
-        idx = torch.tensor([[t for s, n in pack for t in s.tokens[s.computed:s.computed + n]]],
-                           device=self.device)  # (1, T)
+    def _forward(self, decoding: list[_Sequence], chunks: list[tuple[_Sequence, int]]) -> list[TokenEvent]:
+        """One forward over every new token of this step (1, N): the decoding sequences' newest tokens, then
+        the prefill chunks; sample for the decoders and for each prompt that is now all in."""
+        seqs = decoding + [s for s, _ in chunks]
+        counts = [1] * len(decoding) + [n for _, n in chunks]
+        view = self.cache.step([s.table for s in seqs], [s.computed for s in seqs], counts,
+                               n_decode=len(decoding), reference=self.reference)
+        new = [t for s, n in zip(seqs, counts, strict=True) for t in s.tokens[s.computed:s.computed + n]]
+        idx = torch.tensor([new], device=self.device)  # (1, N)
         last = torch.zeros_like(idx, dtype=torch.bool)
         last[0, torch.tensor(counts).cumsum(0) - 1] = True  # each sequence's last new token
-        logits = self.model(idx, kv_cache=view, positions=view.positions, attn_mask=view.key_mask,
-                            logits_mask=last)  # (n, V)
-        for s, n in pack:
+        logits = self.model(idx, kv_cache=view, positions=view.positions, logits_mask=last)  # (n, V)
+        for s, n in zip(seqs, counts, strict=True):
             s.computed += n
             self._register_full_blocks(s)
-        done = [i for i, s in enumerate(seqs) if s.computed == len(s.tokens)]  # whole prompt in: first token
+        done = [i for i, s in enumerate(seqs) if s.computed == len(s.tokens)]  # decoders, and whole prompts
         return self._sample([seqs[i] for i in done], logits[done])
-
-    def _decode(self, seqs: list[_Sequence]) -> list[TokenEvent]:
-        """One new token for each sequence, in one padded forward."""
-        view = self.cache.step([s.table for s in seqs], [s.computed for s in seqs], [1] * len(seqs),
-                               reference=self.reference)
-        idx = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)  # (B, 1)
-        logits = self.model(idx, kv_cache=view, positions=view.positions, attn_mask=view.key_mask)[:, -1]  # (B, V)
-        for s in seqs:
-            s.computed += 1
-            self._register_full_blocks(s)
-        return self._sample(seqs, logits)
 
     def _register_full_blocks(self, seq: _Sequence) -> None:
         bs = self.block_size
@@ -309,19 +296,23 @@ class Engine:
             seq.registered += 1
 
     def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[TokenEvent]:
+        logits = logits.float()  # (n, V)
+        greedy = logits.argmax(dim=-1).tolist()  # one pass for every row; rows that sample replace theirs
         events = []
-        for seq, row in zip(seqs, logits.float(), strict=True):
+        for i, seq in enumerate(seqs):
             p = seq.params
-            row = row[None]  # (1, V)
-            chosen_logits = row
-            if len(seq.generated) < p.min_tokens and p.stop_token_ids:
-                chosen_logits = row.clone()
-                chosen_logits[:, sorted(p.stop_token_ids)] = float("-inf")
-            token = int(sample(chosen_logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                               generator=seq.generator)[0])
+            hold_back = len(seq.generated) < p.min_tokens and p.stop_token_ids
+            token = greedy[i]
+            if p.temperature != 0 or hold_back:
+                row = logits[i:i + 1]  # (1, V)
+                if hold_back:
+                    row = row.clone()
+                    row[:, sorted(p.stop_token_ids)] = float("-inf")
+                token = int(sample(row, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                                   generator=seq.generator)[0])
             logprob = top = None
             if p.logprobs is not None:
-                logp = torch.log_softmax(row[0], dim=-1)  # (V,) raw logits: the model's distribution
+                logp = torch.log_softmax(logits[i], dim=-1)  # (V,) raw logits: the model's distribution
                 logprob = float(logp[token])
                 if p.logprobs > 0:
                     values, ids = logp.topk(min(p.logprobs, self.vocab))

@@ -18,21 +18,32 @@ takes each block it finds with a reference count + 1. Shared blocks are full and
 copy-on-write is needed. A freed block keeps its key until it is handed out again, so a system prompt
 survives between requests that do not overlap in time (least recently freed blocks are reused first).
 
-The model reads the pool through a `PagedStep`: one forward's view, with `KVCache`'s interface (`pos`,
-`update`, `advance`), so `Transformer.forward` runs on it unchanged (models/ needs no change). For decoding,
-each row's keys are gathered right-aligned into a padded (B, Hkv, S, D): the newest token of every row sits
-at S - 1, where the model's causal mask expects the queries, and `key_mask` (B, S) hides the left padding.
-For prefill, chunks of several prompts are packed into one row with a (1, T, S) mask (see `PagedStep`).
-Two paths give the same numbers: a readable one that walks each sequence's block table in Python, and the
-fast one, a single `index_select` per layer over slot numbers computed with tensor ops (no Python loop per
-sequence or layer).
+The model reads the pool through a `PagedStep`: one forward over every sequence that moves on this step,
+their new tokens side by side in one row (B = 1, N tokens), so the weights are read once per step however
+the tokens are split between decoding and prefill (the linear layers do not care which sequence a token is
+in). Attention does care, and the model hands it to the cache (`attend`), which runs it in two groups:
+- decode: sequences feeding one token each, as a padded batch (B_d, H, 1, D) over their own keys; row b's
+  keys are its blocks, left-aligned in S = (most blocks) * block_size columns, and a mask hides the slots
+  past its newest token (the rest of its last block, and the null blocks padding shorter tables);
+- prefill: chunks of several prompts, packed in one row: all their blocks one after another, each query
+  allowed its own sequence's keys up to its own position (a (1, 1, T, S) mask).
+Example, block_size 2: a decodes its position 2 (blocks [3, 4]), b prefills positions 1..2 (blocks [5, 6]):
+tokens [a2 b1 b2]; the decode group reads blocks 3 4 for a (slot 3 masked), the prefill group blocks 5 6
+for b, where b1 sees positions 0..1 and b2 sees 0..2.
+Reading whole blocks (`index_select` of block numbers on a (Hkv, n_blocks, block_size, D) view) copies
+block_size positions per index; the readable path walks each sequence's block table in Python and must
+give the same keys. A masked slot still enters the softmax's sums with weight 0, so it must be finite
+(NaN * 0 is NaN): `allocate` zeroes a block when it hands it out.
 
 Not here: scheduling, sampling, swapping blocks to another device (preemption recomputes instead).
 """
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
+
+from llmlab.models.layers import alibi_bias, alibi_slopes
 
 NULL_BLOCK = 0  # never allocated: padding positions gather its slot 0 and are masked out
 
@@ -116,31 +127,47 @@ class BlockAllocator:
 
 
 class PagedKVCache:
-    """The pool: k, v each (n_layer, Hkv, n_blocks * block_size, D), plus its allocator."""
+    """The pool: k, v each (n_layer, Hkv, n_blocks * block_size, D), plus its allocator.
+
+    alibi_slopes (H,): set for a model with ALiBi positions; each attention group gets its own bias from it.
+    """
 
     def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, n_blocks: int, block_size: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 alibi_slopes: torch.Tensor | None = None):
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
         shape = (n_layer, n_kv_head, n_blocks * block_size, head_dim)
-        # empty, not zeros: every slot is written before it is read, and untouched pages cost no memory yet;
-        # only the null block is read unwritten, and a masked key must still be finite (NaN * 0 is NaN)
+        # empty, not zeros: untouched pages cost no memory yet; allocate() zeroes each block it hands out
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.k[:, :, :block_size].zero_()
-        self.v[:, :, :block_size].zero_()
         self.block_size = block_size
         self.allocator = BlockAllocator(n_blocks)
+        self._zero(NULL_BLOCK)
+        self.alibi_slopes = alibi_slopes
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, n_blocks: int, block_size: int) -> "PagedKVCache":
         c, w = model.config, model.tok_emb.weight
-        return cls(c.n_layer, c.n_kv_head, c.head_dim, n_blocks, block_size, w.dtype, w.device)
+        slopes = alibi_slopes(c.n_head).to(w.device) if c.pos == "alibi" else None
+        return cls(c.n_layer, c.n_kv_head, c.head_dim, n_blocks, block_size, w.dtype, w.device, slopes)
 
     @staticmethod
     def bytes_per_token(model: torch.nn.Module) -> int:
         c = model.config
         return 2 * c.n_layer * c.n_kv_head * c.head_dim * model.tok_emb.weight.element_size()
+
+    def allocate(self) -> int | None:
+        """A fresh block from the allocator with zeroed slots (its unwritten tail is read, masked), or None."""
+        block = self.allocator.allocate()
+        if block is not None:
+            self._zero(block)
+        return block
+
+    def _zero(self, block: int) -> None:
+        bs = self.block_size
+        self.k[:, :, block * bs:(block + 1) * bs].zero_()
+        self.v[:, :, block * bs:(block + 1) * bs].zero_()
 
     def gather_reference(self, layer: int, table: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Readable path: one sequence's first `length` keys and values, block by block -> each (Hkv, length, D)."""
@@ -153,94 +180,113 @@ class PagedKVCache:
             vs.append(self.v[layer, :, block * bs:block * bs + n])
         return torch.cat(ks, dim=1), torch.cat(vs, dim=1)
 
-    def step(self, tables: list[list[int]], starts: list[int], counts: list[int], packed: bool = False,
+    def step(self, tables: list[list[int]], starts: list[int], counts: list[int], n_decode: int = 0,
              reference: bool = False) -> "PagedStep":
-        """The view for one forward: sequence b feeds counts[b] new tokens at positions starts[b] onwards."""
-        return PagedStep(self, tables, starts, counts, packed, reference)
+        """The view for one forward: sequence b feeds counts[b] new tokens at positions starts[b] onwards;
+        the first n_decode sequences (one token each) form the decode group, the rest the prefill group."""
+        return PagedStep(self, tables, starts, counts, n_decode, reference)
+
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 class PagedStep:
-    """One forward's window on the pool, with `KVCache`'s interface, so `Transformer.forward` runs on it.
+    """One forward's window on the pool: N new tokens of several sequences in one row, attention per group.
 
-    Give the model `positions` and `attn_mask=key_mask`; `pos` = S - T tells it where the queries start
-    among the S keys it gets back from `update`. Two layouts of the keys:
-    - padded (decode; every sequence feeds the same T): row b holds its L_b = starts[b] + T keys
-      right-aligned in S = max L_b columns, the newest at S - 1; key_mask (B, S) hides the left padding.
-    - packed (prefill chunks of different lengths, one forward): a single row holding every sequence's
-      cached keys, then all new tokens in order, which are also the queries; key_mask (1, T, S) lets a
-      query see only its own sequence's keys, and the model's causal mask orders the new ones.
-      Example: cached [a0 a1 | b0], new [a2 | b1 b2] -> keys a0 a1 b0 a2 b1 b2; b2 sees b0, b1, b2.
+    The model runs on idx (1, N) with `positions` (1, N); its attention layers call `attend`. `pos` is only
+    there for the model's context check (pos + N <= seq_len): it is set so that the check tests the
+    furthest position any sequence reaches. `key_positions` is what the model's own ALiBi bias reads: the
+    queries' positions, so that unused bias stays (1, H, N, N) small (`attend` builds the real ones).
     """
 
     def __init__(self, cache: PagedKVCache, tables: list[list[int]], starts: list[int], counts: list[int],
-                 packed: bool, reference: bool):
-        if not packed and len(set(counts)) > 1:
-            raise ValueError(f"a padded step feeds the same number of tokens per sequence, got {counts}")
+                 n_decode: int, reference: bool):
+        if not 0 <= n_decode <= len(tables) or any(n != 1 for n in counts[:n_decode]):
+            raise ValueError(f"the first {n_decode} sequences decode one token each, got counts {counts}")
+        if min(counts, default=1) < 1:
+            raise ValueError(f"every sequence feeds at least one token, got counts {counts}")
+        bs = cache.block_size
         for table, begin, n in zip(tables, starts, counts, strict=True):
-            if len(table) * cache.block_size < begin + n:
+            if len(table) * bs < begin + n:
                 raise ValueError(f"a block table of {len(table)} holds no blocks for positions up to {begin + n}")
         self.cache, self.tables, self.starts, self.counts = cache, tables, starts, counts
-        self.packed, self.reference = packed, reference
+        self.n_decode, self.reference = n_decode, reference
         device, n = cache.k.device, len(tables)
+        width = max(-(-(s + c) // bs) for s, c in zip(starts, counts, strict=True))  # most blocks any row reads
+        table = torch.tensor([t[:width] + [NULL_BLOCK] * (width - len(t)) for t in tables], device=device)  # (n, W)
         start, count = torch.tensor(starts, device=device), torch.tensor(counts, device=device)  # (n,)
-        if packed:  # key j belongs to sequence owner[j], at position pos[j]
-            # the keys are 2n runs: run r < n is sequence r's cached keys, run n + r its new ones
-            C, T = int(start.sum()), int(count.sum())
-            lengths = torch.cat([start, count])  # (2n,)
-            run = torch.arange(2 * n, device=device).repeat_interleave(lengths)  # (S,) the run of each key
-            first = torch.cumsum(lengths, 0) - lengths  # (2n,) index of each run's first key
-            base = torch.cat([torch.zeros_like(start), start])  # (2n,) position of each run's first key
-            pos = (torch.arange(C + T, device=device) - first[run] + base[run])[None]  # (1, S)
-            owner = (run % n)[None]  # (1, S)
-            new_owner = owner[:, C:]  # (1, T)
-            self.key_mask = (new_owner[:, :, None] == owner[:, None, :]) if n > 1 else None  # (1, T, S)
-        else:
-            T = counts[0]
-            lengths = start + T  # (n,)
-            S = int(lengths.max())
-            owner = torch.arange(n, device=device)[:, None].expand(n, S)  # (B, S)
-            pos = torch.arange(S, device=device)[None, :] - (S - lengths)[:, None]  # (B, S): < 0 is padding
-            self.key_mask = None if bool((pos >= 0).all()) else pos >= 0  # (B, S)
-        S = pos.shape[1]
-        self.pos, self.T, self.shape = S - T, T, tuple(pos.shape)
-        self.positions = pos[:, S - T:]  # (rows, T)
-        self.key_positions = pos.clamp(min=0)  # (rows, S): each key's position in its sequence (ALiBi reads it)
-        bs, width = cache.block_size, max(len(t) for t in tables)
-        table = torch.tensor([t + [NULL_BLOCK] * (width - len(t)) for t in tables], device=device)  # (n, width)
-        p = pos.clamp(min=0)
-        slots = table[owner, p // bs] * bs + p % bs  # (rows, S)
-        self.read = torch.where(pos >= 0, slots, 0).flatten()  # (rows*S,) padding reads the null block
-        self.write = slots[:, S - T:].flatten()  # (rows*T,) the new tokens' slots
+        owner = torch.arange(n, device=device).repeat_interleave(count)  # (N,) each new token's sequence
+        first = torch.cumsum(count, 0) - count  # (n,) index of each sequence's first new token
+        pos = start[owner] + torch.arange(len(owner), device=device) - first[owner]  # (N,)
+        self.positions = pos[None]  # (1, N)
+        self.key_positions = self.positions
+        self.pos = int(pos.max()) + 1 - len(owner)
+        self.write = table[owner, pos // bs] * bs + pos % bs  # (N,) the new tokens' slots
+        d = n_decode
+        # decode group: row b reads its blocks table[b, :Wd]; key j of a row is at position j
+        self.decode_width = -(-(int(start[:d].max()) + 1) // bs) if d else 0
+        self.decode_blocks = table[:d, :self.decode_width].flatten()  # (d * Wd,)
+        key_pos = torch.arange(self.decode_width * bs, device=device)  # (S_d,)
+        self.decode_q_pos, self.decode_k_pos = pos[:d, None], key_pos[None].expand(d, -1)  # (d, 1), (d, S_d)
+        self.decode_mask = (key_pos[None] <= pos[:d, None])[:, None, None]  # (d, 1, 1, S_d)
+        # prefill group: every chunk's blocks in one row; key (block i of sequence b, slot o) is at i * bs + o
+        used = -(-(start[d:] + count[d:]) // bs)  # (n - d,) blocks each prefilling sequence reads
+        k_owner = torch.arange(d, n, device=device).repeat_interleave(used)  # (blocks,)
+        k_index = torch.arange(len(k_owner), device=device) - (torch.cumsum(used, 0) - used).repeat_interleave(used)
+        self.prefill_blocks = table[k_owner, k_index]  # (blocks,)
+        k_pos = (k_index[:, None] * bs + torch.arange(bs, device=device)).flatten()  # (S_p,)
+        k_owner = k_owner.repeat_interleave(bs)  # (S_p,)
+        q_owner, q_pos = owner[d:], pos[d:]  # (T_p,)
+        self.prefill_q_pos, self.prefill_k_pos = q_pos[None], k_pos[None]  # (1, T_p), (1, S_p)
+        allowed = (q_owner[:, None] == k_owner[None]) & (k_pos[None] <= q_pos[:, None])  # (T_p, S_p)
+        self.prefill_mask = allowed[None, None]  # (1, 1, T_p, S_p)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (rows, Hkv, T, D) into their blocks; return the keys and values (rows, Hkv, S, D)."""
-        B, Hkv, T, D = k.shape
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: Attend) -> torch.Tensor:
+        """Write this step's k, v (1, Hkv, N, D) into their slots, then attention(q, keys, values, mask, bias)
+        over each group's keys; q (1, H, N, D) -> (1, H, N, D)."""
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # (Hkv, slots, D)
-        kc.index_copy_(1, self.write, k.transpose(0, 1).reshape(Hkv, B * T, D))
-        vc.index_copy_(1, self.write, v.transpose(0, 1).reshape(Hkv, B * T, D))
+        kc.index_copy_(1, self.write, k[0])
+        vc.index_copy_(1, self.write, v[0])
+        slopes, d, out = self.cache.alibi_slopes, self.n_decode, []
+        if d:
+            keys, values = self._gather(layer, self.decode_blocks, decode=True)  # (d, Hkv, S_d, D)
+            bias = alibi_bias(slopes, self.decode_q_pos, self.decode_k_pos) if slopes is not None else None
+            y = attention(q[0, :, :d, None].transpose(0, 1), keys, values, self.decode_mask, bias)  # (d, H, 1, D)
+            out.append(y[:, :, 0].transpose(0, 1)[None])  # (1, H, d, D)
+        if d < len(self.tables):
+            keys, values = self._gather(layer, self.prefill_blocks, decode=False)  # (1, Hkv, S_p, D)
+            bias = alibi_bias(slopes, self.prefill_q_pos, self.prefill_k_pos) if slopes is not None else None
+            out.append(attention(q[:, :, d:], keys, values, self.prefill_mask, bias))  # (1, H, T_p, D)
+        return torch.cat(out, dim=2) if len(out) > 1 else out[0]
+
+    def _gather(self, layer: int, blocks: torch.Tensor, decode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's keys and values: (d, Hkv, S_d, D) for decode, (1, Hkv, S_p, D) for prefill."""
         if self.reference:
-            return self._gather_reference(layer)
-        S = self.shape[1]
-        keys = kc.index_select(1, self.read).view(Hkv, B, S, D).transpose(0, 1)  # (B, Hkv, S, D)
-        values = vc.index_select(1, self.read).view(Hkv, B, S, D).transpose(0, 1)  # (B, Hkv, S, D)
-        return keys, values
+            return self._gather_reference(layer, decode)
+        bs, rows = self.cache.block_size, self.n_decode if decode else 1
+        out = []
+        for pool in (self.cache.k[layer], self.cache.v[layer]):
+            Hkv, _, D = pool.shape
+            picked = pool.view(Hkv, -1, bs, D).index_select(1, blocks)  # (Hkv, blocks, bs, D)
+            out.append(picked.view(Hkv, rows, -1, D).transpose(0, 1))  # (rows, Hkv, S, D)
+        return out[0], out[1]
 
-    def _gather_reference(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Walk each sequence's block table; then left-pad the rows (padded) or put old before new (packed)."""
-        per_seq = [self.cache.gather_reference(layer, table, start + n)  # each (Hkv, L, D)
-                   for table, start, n in zip(self.tables, self.starts, self.counts, strict=True)]
-        if self.packed:
-            def old_then_new(parts: list[torch.Tensor]) -> torch.Tensor:
-                cached = [x[:, :start] for x, start in zip(parts, self.starts, strict=True)]
-                fresh = [x[:, start:] for x, start in zip(parts, self.starts, strict=True)]
-                return torch.cat(cached + fresh, dim=1)[None]  # (1, Hkv, S, D)
-
-            return old_then_new([k for k, _ in per_seq]), old_then_new([v for _, v in per_seq])
-        S = self.shape[1]
-        pad = torch.nn.functional.pad
-        keys = torch.stack([pad(k, (0, 0, S - k.shape[1], 0)) for k, _ in per_seq])  # (B, Hkv, S, D)
-        values = torch.stack([pad(v, (0, 0, S - v.shape[1], 0)) for _, v in per_seq])
-        return keys, values
+    def _gather_reference(self, layer: int, decode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Walk each sequence's block table; pad each to whole blocks with zeros (masked), then stack the
+        decode rows or put the prefill sequences one after another."""
+        bs, d, pad = self.cache.block_size, self.n_decode, torch.nn.functional.pad
+        rows = range(d) if decode else range(d, len(self.tables))
+        width = self.decode_width * bs if decode else None
+        ks, vs = [], []
+        for b in rows:
+            length = self.starts[b] + self.counts[b]
+            k, v = self.cache.gather_reference(layer, self.tables[b], length)  # (Hkv, L, D)
+            room = (width or -(-length // bs) * bs) - length
+            ks.append(pad(k, (0, 0, 0, room)))
+            vs.append(pad(v, (0, 0, 0, room)))
+        if decode:
+            return torch.stack(ks), torch.stack(vs)  # (d, Hkv, S_d, D)
+        return torch.cat(ks, dim=1)[None], torch.cat(vs, dim=1)[None]  # (1, Hkv, S_p, D)
 
     def advance(self, T: int) -> None:
         """The engine moves each sequence on itself (rows advance by different amounts)."""

@@ -199,29 +199,39 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)  # (B, Hkv, S, D), S = cached + T
+        if hasattr(kv_cache, "attend"):  # many sequences in one row (infer/paged_kv.py): it attends per group
+            y = kv_cache.attend(layer, q, k, v, self.attend)  # (B, H, T, D)
+        else:
+            if kv_cache is not None:
+                k, v = kv_cache.update(layer, k, v)  # (B, Hkv, S, D), S = cached + T
+            y = self.attend(q, k, v, mask, bias)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(y)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, H, T, D) over k, v (B, Hkv, S, D) -> (B, H, T, D), by `impl`; mask and bias as in
+        `explicit_attention` (mask None: causal, the queries being the last T keys)."""
+        T, S = q.shape[-2], k.shape[-2]
         n_rep = self.n_head // self.n_kv_head
         dropout = self.dropout if self.training else 0.0
         if self.impl == "explicit" or self.keep_weights:
             k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, D)
             y, weights = explicit_attention(q, k, v, mask, dropout, bias)
             self.last_weights = weights.detach() if self.keep_weights else None
-        elif self.impl == "sdpa":
-            causal = mask is None and T > 1
-            if (causal and k.shape[-2] != T) or (bias is not None and mask is None):
-                # queries after cached keys (SDPA's is_causal aligns top-left), or a bias to merge with causality
-                mask = torch.ones(T, k.shape[-2], dtype=torch.bool, device=x.device).tril(k.shape[-2] - T)
-                causal = False
-            if bias is not None:  # one float mask: the bias where a query may look, -inf elsewhere
-                mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))
-            # enable_gqa: the kernel shares each K/V head with n_rep query heads, no copy of the cache
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
-                                               enable_gqa=n_rep > 1)
-        else:
+            return y
+        if self.impl != "sdpa":
             raise UserError(f"attention impl {self.impl!r} is unknown; use 'sdpa' or 'explicit'")
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
-        return self.o_proj(y)
+        causal = mask is None and T > 1
+        if (causal and S != T) or (bias is not None and mask is None):
+            # queries after cached keys (SDPA's is_causal aligns top-left), or a bias to merge with causality
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+            causal = False
+        if bias is not None:  # one float mask: the bias where a query may look, -inf elsewhere
+            mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))
+        # enable_gqa: the kernel shares each K/V head with n_rep query heads, no copy of the cache
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                                              enable_gqa=n_rep > 1)
 
 
 class GeluMLP(nn.Module):
