@@ -316,15 +316,9 @@ class PretrainedVLM:
 
     def describe(self, image: str | os.PathLike | Image.Image, prompt: str | None = None) -> str:
         """The caption of an image (a path or a PIL image), or the answer to `prompt` about it."""
-        if not isinstance(image, Image.Image):
-            path = Path(image)
-            if not path.is_file():
-                raise UserError(f"{path}: no such image file")
-            try:
-                image = Image.open(path)
-                image.load()
-            except OSError as e:
-                raise UserError(f"{path}: cannot read the image ({e})") from None
+        from llmlab.multimodal.pretrained import open_image
+
+        image = open_image(image)
         prompt = self.config.caption_prompt if prompt is None else prompt.strip()
         if not prompt:
             raise UserError("prompt is empty; ask a question, or pass None for a caption")
