@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from llmlab.common import log
 from llmlab.common.constants import TOKENIZER_FILE
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
-from llmlab.data.sources import Document
+from llmlab.data.loader import read_manifest
+from llmlab.data.sources import Document, leading_text
+from llmlab.tokenizer import Tokenizer
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -76,3 +79,20 @@ def prepare(train_docs: list[Document], val_docs: list[Document], tokenizer, out
         write_text_atomic(out_dir / "val.txt", "".join(text for _, text in val_docs))
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def prepared_folder(data: str | None, out_dir: str | Path, documents, vocab_size: int, tokenizer_chars: int,
+                    progress: bool = True) -> Path:
+    """The data folder an experiment trains on: `data` (a prepared folder, checked) if given, else `out_dir`,
+    prepared once from `documents()` -> (train_docs, val_docs) with a BPE tokenizer trained on the first
+    `tokenizer_chars` characters of the training split, and reused by later runs (the manifest marks it done)."""
+    if data:
+        read_manifest(data)  # a one-line error if it is not a prepared folder
+        return Path(data)
+    out_dir = Path(out_dir)
+    if not (out_dir / "manifest.json").is_file():
+        train_docs, val_docs = documents()
+        sample = leading_text(train_docs, tokenizer_chars)
+        log.info(f"data: a {vocab_size}-token BPE tokenizer on {len(sample) / 1e6:.1f}M characters, then shards")
+        prepare(train_docs, val_docs, Tokenizer.train(sample, vocab_size, progress=progress), out_dir)
+    return out_dir

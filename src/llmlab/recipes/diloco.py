@@ -28,8 +28,8 @@ from llmlab.common.config import arg
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
 from llmlab.data.loader import read_manifest
-from llmlab.data.shards import prepare
-from llmlab.data.sources import default_corpus, leading_text, split_documents
+from llmlab.data.shards import prepared_folder
+from llmlab.data.sources import default_corpus, split_documents
 from llmlab.models import Transformer, get_preset
 from llmlab.models.config import PRESETS
 from llmlab.models.gpt import count_parameters
@@ -66,16 +66,8 @@ class DiLoCoArgs:
 
 def _data(args: DiLoCoArgs) -> Path:
     """--data, or the speedrun's default corpus tokenised once into <out>/data (reused by later runs)."""
-    if args.data:
-        read_manifest(args.data)  # a one-line error if it is not a prepared folder
-        return Path(args.data)
-    data_dir = Path(args.out) / "data"
-    if not (data_dir / "manifest.json").is_file():
-        train_docs, val_docs = split_documents(default_corpus())
-        log.info(f"data: a {args.vocab_size}-token tokenizer, then tokenising {len(train_docs)} documents")
-        tokenizer = Tokenizer.train(leading_text(train_docs, 4_000_000), args.vocab_size, progress=args.progress)
-        prepare(train_docs, val_docs, tokenizer, data_dir)
-    return data_dir
+    return prepared_folder(args.data, Path(args.out) / "data", lambda: split_documents(default_corpus()),
+                           args.vocab_size, 4_000_000, args.progress)
 
 
 def _check(args: DiLoCoArgs) -> None:

@@ -26,8 +26,8 @@ from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
 from llmlab.data.loader import WindowSampler, read_manifest, sequential_windows
-from llmlab.data.shards import prepare
-from llmlab.data.sources import default_corpus, read_documents, split_documents
+from llmlab.data.shards import prepared_folder
+from llmlab.data.sources import default_corpus, read_documents, sample_documents, split_documents
 from llmlab.eval.loss import mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
 from llmlab.models.gpt import count_parameters
@@ -68,30 +68,13 @@ class OptimizersArgs:
 
 
 def _data(args: OptimizersArgs) -> Path:
-    """A prepared data folder: --data, or the corpus tokenised once into <out>/data (reused on later runs)."""
-    if args.data:
-        read_manifest(args.data)  # a one-line error if it is not a prepared folder
-        return Path(args.data)
-    data_dir = Path(args.out) / "data"
-    if not (data_dir / "manifest.json").is_file():
-        docs = read_documents(args.corpus) if args.corpus else default_corpus()
-        train_docs, val_docs = split_documents(docs)
-        train_docs, val_docs = _first_chars(train_docs, args.max_chars), _first_chars(val_docs, args.max_chars // 20)
-        text = "".join(t for _, t in train_docs)
-        log.info(f"data: a {args.vocab_size}-token BPE tokenizer on {len(text) / 1e6:.1f}M characters")
-        tokenizer = Tokenizer.train(text[:1_000_000], args.vocab_size, progress=args.progress)
-        prepare(train_docs, val_docs, tokenizer, data_dir)
-    return data_dir
+    """--data, or the corpus tokenised once into <out>/data (reused on later runs); documents drawn from the
+    whole corpus, not its sorted head (see sample_documents)."""
+    def documents():
+        train_docs, val_docs = split_documents(read_documents(args.corpus) if args.corpus else default_corpus())
+        return sample_documents(train_docs, args.max_chars), sample_documents(val_docs, args.max_chars // 20)
 
-
-def _first_chars(docs: list, max_chars: int) -> list:
-    out, total = [], 0
-    for doc in docs:
-        if total >= max_chars:
-            break
-        out.append(doc)
-        total += len(doc[1])
-    return out
+    return prepared_folder(args.data, Path(args.out) / "data", documents, args.vocab_size, 1_000_000, args.progress)
 
 
 def _grid(args: OptimizersArgs) -> list[tuple[str, float]]:

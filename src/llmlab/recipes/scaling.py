@@ -29,8 +29,8 @@ from llmlab.common.device import resolve_device
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic, write_text_atomic
 from llmlab.data.loader import WindowSampler, read_manifest
-from llmlab.data.shards import prepare
-from llmlab.data.sources import default_corpus, leading_text, split_documents
+from llmlab.data.shards import prepared_folder
+from llmlab.data.sources import default_corpus, split_documents
 from llmlab.models import ModelConfig, Transformer, get_preset
 from llmlab.models.config import PRESETS
 from llmlab.models.gpt import flops_per_token
@@ -121,18 +121,8 @@ def _seconds_per_token(config: ModelConfig, data_dir: Path, batch_size: int, lr:
 
 
 def _prepare_data(args: SweepArgs, out: Path) -> Path:
-    if args.data:
-        read_manifest(args.data)  # a one-line error if it is not a prepared folder
-        return Path(args.data)
-    data_dir = out / "data"
-    if not (data_dir / "manifest.json").exists():
-        train_docs, val_docs = split_documents(default_corpus())
-        sample = leading_text(train_docs, int(args.tokenizer_mb * 1e6))
-        log.info(f"data: a {args.vocab_size}-token tokenizer from {len(sample) / 1e6:.1f}M characters, then shards")
-        from llmlab.tokenizer import Tokenizer
-
-        prepare(train_docs, val_docs, Tokenizer.train(sample, args.vocab_size, progress=args.progress), data_dir)
-    return data_dir
+    return prepared_folder(args.data, out / "data", lambda: split_documents(default_corpus()), args.vocab_size,
+                           int(args.tokenizer_mb * 1e6), args.progress)
 
 
 def _plan(args: SweepArgs, data_dir: Path, device, batch_size: int, deadline: float) -> dict:

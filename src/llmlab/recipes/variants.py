@@ -27,8 +27,8 @@ from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
 from llmlab.data.loader import WindowSampler, read_manifest, sequential_windows
-from llmlab.data.shards import prepare
-from llmlab.data.sources import default_corpus, leading_text, read_documents, sample_documents, split_documents
+from llmlab.data.shards import prepared_folder
+from llmlab.data.sources import default_corpus, read_documents, sample_documents, split_documents
 from llmlab.eval.bpb import model_bpb
 from llmlab.eval.loss import loss_by_position, mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
@@ -122,22 +122,13 @@ class Run:
 
 
 def _data(args: CompareArgs) -> Path:
-    """A prepared data folder: --data, or the corpus tokenised once into <out>/data (reused on later runs)."""
-    if args.data:
-        read_manifest(args.data)  # a one-line error if it is not a prepared folder
-        return Path(args.data)
-    data_dir = Path(args.out) / "data"
-    if not (data_dir / "manifest.json").is_file():
-        docs = read_documents(args.corpus) if args.corpus else default_corpus()
-        train_docs, val_docs = split_documents(docs)
+    """--data, or the corpus tokenised once into <out>/data (reused on later runs)."""
+    def documents():
+        train_docs, val_docs = split_documents(read_documents(args.corpus) if args.corpus else default_corpus())
         # documents drawn from the whole corpus, not its sorted head (see sample_documents)
-        train_docs = sample_documents(train_docs, args.max_chars)
-        val_docs = sample_documents(val_docs, args.max_chars // 20)
-        log.info(f"data: a {args.vocab_size}-token BPE tokenizer on the first 1M of "
-                 f"{sum(len(t) for _, t in train_docs) / 1e6:.1f}M characters")
-        tokenizer = Tokenizer.train(leading_text(train_docs, 1_000_000), args.vocab_size, progress=args.progress)
-        prepare(train_docs, val_docs, tokenizer, data_dir)
-    return data_dir
+        return sample_documents(train_docs, args.max_chars), sample_documents(val_docs, args.max_chars // 20)
+
+    return prepared_folder(args.data, Path(args.out) / "data", documents, args.vocab_size, 1_000_000, args.progress)
 
 
 def _base(args: CompareArgs, vocab_size: int, **fields: Any) -> ModelConfig:
