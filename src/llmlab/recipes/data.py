@@ -138,7 +138,7 @@ def mix(args: MixArgs) -> dict:
 
 @dataclass
 class PipelineArgs(RunArgs):
-    pipeline: str | None = arg(None, "the pipeline file (TOML or JSON: [[stages]] tables)")
+    pipeline: str | None = arg(None, "the pipeline file (TOML or JSON: [[stages]] tables) or a preset: code, web")
 
 
 def pipeline(args: PipelineArgs) -> dict:

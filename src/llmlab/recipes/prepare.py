@@ -20,8 +20,9 @@ class PrepareArgs:
     vocab_size: int = arg(4096, "vocabulary size of the tokenizer to train")
     tokenizer_mb: float = arg(4.0, "train the tokenizer on at most this many MB of text")
     val_fraction: float = arg(0.05, "share of documents held out for validation")
-    pipeline: str | None = arg(None, "clean the training documents with this pipeline file (TOML/JSON) before "
-                                     "tokenising; the held-out split stays raw, so runs compare on the same text")
+    pipeline: str | None = arg(None, "clean the training documents with this pipeline file (TOML/JSON) or "
+                                     "preset (code, web) before tokenising; the held-out split stays raw, so runs "
+                                     "compare on the same text")
 
 
 def run(args: PrepareArgs) -> dict:

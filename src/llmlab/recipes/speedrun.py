@@ -41,8 +41,9 @@ SAMPLE_PROMPTS = ["def ", "import os\n", "class ", "    def __init__(self"]
 class SpeedrunArgs:
     out: str = arg("runs/speedrun", "run folder for data, checkpoint and report")
     data: list[str] = arg([], "text files/folders/.jsonl/.parquet; default: Python's own standard library")
-    pipeline: str | None = arg(None, "clean the training documents with this pipeline file (TOML/JSON) before "
-                                     "tokenising; the held-out split stays raw, so runs compare on the same text")
+    pipeline: str | None = arg(None, "clean the training documents with this pipeline file (TOML/JSON) or "
+                                     "preset (code, web) before tokenising; the held-out split stays raw, so runs "
+                                     "compare on the same text")
     preset: str = arg("llama-tiny", "model preset", choices=sorted(PRESETS))
     vocab_size: int = arg(4096, "tokenizer vocabulary size")
     tokenizer_mb: float = arg(4.0, "MB of text to train the tokenizer on")

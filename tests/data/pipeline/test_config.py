@@ -61,3 +61,14 @@ def test_every_stage_builds_from_its_name():
         options = {"mix": {"weights": {"a": 1.0}}, "decontaminate": {"texts": {"x": ["t"]}}}.get(name, {})
         p = pipeline_from_dict({"stages": [{"name": name, **options}]})
         assert type(p.stages[0]) is cls
+
+
+def test_shipped_presets_load_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    code = load_pipeline("code")
+    assert [s.name for s in code.stages] == ["normalize", "pii", "exact_dedup", "minhash_dedup"]
+    assert "language" in [s.name for s in load_pipeline("web").stages]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "code").write_text('{"stages": [{"name": "pii"}]}')
+    assert [s.name for s in load_pipeline("code").stages] == ["pii"]
+    with pytest.raises(UserError, match="or a preset: code, web"):
+        load_pipeline("cod")

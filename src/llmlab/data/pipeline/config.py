@@ -128,10 +128,17 @@ def pipeline_from_dict(d: dict, where: str = "pipeline",
     return pipeline
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))  # `code` for source code, `web` for web pages
+
+
 def load_pipeline(path: str | Path, resolve_task: Callable[[str], list[str]] | None = None) -> Pipeline:
+    """Read a pipeline file, or a shipped preset by name (a file of that name wins)."""
     p = Path(path)
+    if not p.is_file() and str(path) in PRESETS:
+        p = PRESETS_DIR / f"{path}.toml"
     if not p.is_file():
-        raise UserError(f"{p}: no such pipeline file")
+        raise UserError(f"{p}: no such pipeline file (or a preset: {', '.join(PRESETS)})")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix == ".toml":
