@@ -128,3 +128,16 @@ def test_speedrun_takes_a_pipeline(corpus_dir, tmp_path):
                               vocab_size=300, seq_len=64, max_steps=4, samples=1, sample_tokens=8, progress=False))
     assert report["steps"] == 4 and report["val_bpb"] > 0
     assert (out / "pipeline" / "out" / "report.md").exists()
+
+
+def test_speedrun_with_the_code_preset_and_muon_resumes_only_with_muon(corpus_dir, tmp_path):
+    from llmlab.common.errors import UserError
+    from llmlab.recipes.speedrun import SpeedrunArgs, run
+
+    args = dict(out=str(tmp_path / "run"), data=[str(corpus_dir)], pipeline="code", optimizer="muon",
+                vocab_size=300, seq_len=64, max_steps=4, samples=1, sample_tokens=8, progress=False)
+    report = run(SpeedrunArgs(**args))
+    assert report["steps"] == 4 and report["val_bpb"] > 0
+    assert "exact_dedup" in (tmp_path / "run" / "pipeline" / "out" / "report.md").read_text()
+    with pytest.raises(UserError, match="optimizer: 'muon' -> 'adamw'"):
+        run(SpeedrunArgs(**{**args, "optimizer": "adamw", "max_steps": 6, "resume": True}))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from llmlab.common import log
@@ -28,16 +27,14 @@ from llmlab.common.config import arg
 from llmlab.common.device import resolve_device
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic, write_text_atomic
-from llmlab.data.loader import WindowSampler, read_manifest
+from llmlab.data.loader import read_manifest
 from llmlab.data.shards import prepared_folder
 from llmlab.data.sources import default_corpus, split_documents
 from llmlab.models import ModelConfig, Transformer, get_preset
 from llmlab.models.config import PRESETS
 from llmlab.models.gpt import flops_per_token
 from llmlab.train.loop import LoopSettings
-from llmlab.train.objectives import causal_lm_loss
-from llmlab.train.optim import make_adamw
-from llmlab.train.pretrain import pretrain
+from llmlab.train.pretrain import pretrain, seconds_per_token
 from llmlab.train.scaling import bootstrap_law, fit_isoflop, fit_law, non_embedding_params, train_flops
 from llmlab.train.scaling_plot import plot_frontier, plot_isoflop, plot_law
 
@@ -102,24 +99,6 @@ def size_config(spec: str, preset: str, vocab_size: int, seq_len: int) -> ModelC
                       vocab_size=vocab_size, seq_len=seq_len)
 
 
-def _seconds_per_token(config: ModelConfig, data_dir: Path, batch_size: int, lr: float, device) -> float:
-    """The fastest of a few training steps after two warm-ups (other load only slows steps), per token."""
-    model = Transformer(config).to(device)
-    opt = make_adamw(model, lr, device_type=device.type)
-    sampler = WindowSampler(data_dir, "train", batch_size, config.seq_len, seed=0)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        idx, targets = sampler.next_batch()
-        causal_lm_loss(model(idx.to(device)), targets.to(device)).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times[2:]) / (batch_size * config.seq_len)
-
-
 def _prepare_data(args: SweepArgs, out: Path) -> Path:
     return prepared_folder(args.data, out / "data", lambda: split_documents(default_corpus()), args.vocab_size,
                            int(args.tokenizer_mb * 1e6), args.progress)
@@ -138,7 +117,7 @@ def _plan(args: SweepArgs, data_dir: Path, device, batch_size: int, deadline: fl
     if n[beyond] <= max(n[s] for s in sizes):
         raise UserError(f"--beyond {beyond}: must be larger than every grid size ({n[beyond]:,} parameters)")
     log.info(f"timing {len(specs)} sizes on {device}")
-    spt = {s: _seconds_per_token(c, data_dir, batch_size, args.lr, device) for s, c in specs.items()}
+    spt = {s: seconds_per_token(c, data_dir, batch_size, args.lr, device=device) for s, c in specs.items()}
     seconds_left = deadline - time.perf_counter()
     per_run = {s: RUN_OVERHEAD_S + args.eval_tokens * spt[s] / 3 for s in specs}  # evaluation: forward only
     grid_s = GRID_SHARE * seconds_left - args.budgets * sum(per_run[s] for s in sizes)

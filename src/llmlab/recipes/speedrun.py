@@ -13,26 +13,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from llmlab.common import checkpoint, log
 from llmlab.common.config import arg
 from llmlab.common.device import resolve_device
 from llmlab.common.errors import UserError
 from llmlab.common.io import write_json_atomic, write_text_atomic
-from llmlab.data.loader import WindowSampler, read_manifest
+from llmlab.data.loader import read_manifest
 from llmlab.data.shards import prepare
 from llmlab.data.sources import default_corpus, leading_text, read_documents, split_documents
 from llmlab.eval.bpb import compressor_bpb, model_bpb
 from llmlab.infer.generate import generate
-from llmlab.models import ModelConfig, Transformer, get_preset
+from llmlab.models import get_preset
 from llmlab.models.config import PRESETS
 from llmlab.tokenizer import Tokenizer
 from llmlab.train.loop import LoopSettings
-from llmlab.train.objectives import causal_lm_loss
-from llmlab.train.optim import make_adamw
+from llmlab.train.optimizers import OPTIMIZERS
 from llmlab.train.plot import plot_loss_curve
-from llmlab.train.pretrain import pretrain
+from llmlab.train.pretrain import pretrain, seconds_per_token
 
 SAMPLE_PROMPTS = ["def ", "import os\n", "class ", "    def __init__(self"]
 
@@ -54,6 +51,8 @@ class SpeedrunArgs:
                              "in minutes)")
     seq_len: int | None = arg(None, "context length (default: the preset's)")
     lr: float = arg(3e-3, "peak learning rate")
+    optimizer: str = arg("adamw", "optimizer (muon: orthogonalised updates for the blocks' matrices, AdamW for "
+                                  "the rest)", choices=sorted(OPTIMIZERS))
     device: str = arg("auto", "cpu, cuda or auto")
     compile: bool = arg(False, "torch.compile the model")
     seed: int = arg(1337, "random seed")
@@ -64,27 +63,7 @@ class SpeedrunArgs:
 
 
 # What a resumed speedrun must share with the interrupted one.
-RESUME_KEYS = ("preset", "vocab_size", "batch_size", "seq_len", "lr", "seed")
-
-
-def _seconds_per_token(model_config: ModelConfig, data_dir: Path, batch_size: int, lr: float, seed: int,
-                       device: torch.device) -> float:
-    """Time a few training steps of a throwaway model like the run's; seconds per trained token."""
-    model = Transformer(model_config).to(device)
-    opt = make_adamw(model, lr, device_type=device.type)
-    sampler = WindowSampler(data_dir, "train", batch_size, model_config.seq_len, seed=seed + 1)
-    times = []
-    for _ in range(6):
-        t0 = time.perf_counter()
-        idx, targets = sampler.next_batch()
-        causal_lm_loss(model(idx.to(device)), targets.to(device)).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    # the fastest step after two warm-ups: other load on the machine only ever makes steps slower
-    return min(times[2:]) / (batch_size * model_config.seq_len)
+RESUME_KEYS = ("preset", "vocab_size", "batch_size", "seq_len", "lr", "optimizer", "seed")
 
 
 def _parses_as_python(text: str) -> bool:
@@ -137,7 +116,8 @@ def run(args: SpeedrunArgs) -> dict:
     if args.seq_len:
         overrides["seq_len"] = args.seq_len
     model_config = get_preset(args.preset, **overrides)
-    per_token = _seconds_per_token(model_config, data_dir, args.batch_size, args.lr, args.seed, device)
+    per_token = seconds_per_token(model_config, data_dir, args.batch_size, args.lr, seed=args.seed + 1,
+                                  device=device, optimizer=args.optimizer)
     # Keep time for the end: a forward pass over the validation split costs ~1/3 of a training step per token
     # (no backward), sampling one token costs a forward over the context; 10% margin for periodic evaluations.
     val_tokens = read_manifest(data_dir)["val"]["tokens"]
@@ -162,7 +142,7 @@ def run(args: SpeedrunArgs) -> dict:
     log.info(f"[3/4] pretraining {args.preset} for {length}")
     summary = pretrain(model_config, data_dir, out, settings, batch_size=args.batch_size, seed=args.seed,
                        device=device, compile=args.compile, eval_tokens=16384, resume=args.resume,
-                       run=run_record, resume_keys=RESUME_KEYS)
+                       run=run_record, resume_keys=RESUME_KEYS, optimizer_name=args.optimizer)
 
     log.info("[4/4] evaluating on held-out text and sampling")
     model, tokenizer = summary["model"], summary["tokenizer"]

@@ -30,6 +30,7 @@ from llmlab.train import distributed
 from llmlab.train.loop import LoopSettings, TrainState, train_loop
 from llmlab.train.moe_loss import moe_lm_loss
 from llmlab.train.objectives import lm_loss
+from llmlab.train.optimizers import build_optimizer
 
 
 def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, settings: LoopSettings, *,
@@ -117,3 +118,26 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
         "final_val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
         "history": rows, "model": model, "tokenizer": tokenizer, "model_config": model_config,
     }
+
+
+def seconds_per_token(model_config: ModelConfig, data_dir: str | Path, batch_size: int, lr: float, *,
+                      seed: int = 0, device: torch.device | str = "cpu", optimizer: str = "adamw") -> float:
+    """Time a few training steps of a throwaway model like a run's, for sizing a run to a time budget.
+
+    Seconds per trained token: the fastest step after two warm-ups, since other load on the machine only ever
+    makes steps slower."""
+    device = torch.device(device)
+    model = Transformer(model_config).to(device)
+    opt = build_optimizer(optimizer, model, lr, device_type=device.type)
+    sampler = WindowSampler(data_dir, "train", batch_size, model_config.seq_len, seed=seed)
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        idx, targets = sampler.next_batch()
+        lm_loss(model, (idx.to(device), targets.to(device))).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[2:]) / (batch_size * model_config.seq_len)
