@@ -90,6 +90,8 @@ LABS = [  # in path order: what each lab needs comes before it
         "AMD labs 03 and 09", "modules"),
     Lab("micrograd", "a scalar autograd engine: the chain rule per operation, topological order, accumulation",
         45, "8-week course 2.3", "micrograd"),
+    Lab("ngram-and-backprop", "character n-grams (counts, add-k, nll, sampling); an MLP block's backward by hand",
+        60, "8-week course 2.2", "ngram_backprop"),
     Lab("bpe", "byte-level BPE: pair counts, merges, training, encoding and decoding", 40,
         "the study group's minbpe exercise; 8-week course 1.3", "bpe"),
     Lab("attention", "scaled dot-product attention, the causal mask, multi-head and cross-attention", 45,
