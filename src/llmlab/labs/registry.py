@@ -99,8 +99,13 @@ LABS = [  # in path order: what each lab needs comes before it
     Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
         "AMD labs 05a and 05b", "norms"),
     Lab("positions", "sinusoidal positions, RoPE and ALiBi", 35, "no single course lab", "positions"),
+    Lab("gpt-to-llama", "GPT-2's block turned into Llama's: RMSNorm, RoPE, SwiGLU, grouped-query attention, tied "
+        "embeddings; llmlab's Llama weights load into it", 60, "the AIMS workshop's GPT-2-to-Llama assignment; AMD lab 10",
+        "gpt_to_llama"),
     Lab("kv-cache", "a KV cache inside llmlab's decoder: decoding with it equals decoding without it, and is faster",
         35, "8-week course 3.2", "kv_cache"),
+    Lab("training-loop", "the next-token loss, AdamW, warmup + cosine, clipping, accumulation, bf16; a loop that "
+        "trains an llmlab model", 60, "AMD lab 08; 8-week course 4.2 and 4.3", "training_loop"),
     Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
         "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
     Lab("quantization", "absmax and zero-point int8, group-wise int4, 2:4 pruning", 35,
@@ -109,6 +114,10 @@ LABS = [  # in path order: what each lab needs comes before it
         "sampling"),
     Lab("preference", "a completion's log-probability, the Bradley-Terry loss, DPO", 35,
         "AIMS workshop's RLHF, reward-model and DPO labs", "preference"),
+    Lab("rag", "retrieval: overlapping chunks, mean-pooled embeddings, cosine top-k, BM25, reciprocal rank fusion",
+        45, "8-week course 8.3", "rag"),
+    Lab("scaling-fit", "Chinchilla's law L(N, D), fitting it in log space, the compute-optimal split, isoFLOP minima",
+        40, "Chinchilla's approaches 2 and 3 (Hoffmann et al. 2022)", "scaling_fit"),
 ]
 
 
