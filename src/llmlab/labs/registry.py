@@ -99,9 +99,8 @@ LABS = [  # in path order: what each lab needs comes before it
     Lab("norms", "LayerNorm, RMSNorm, GELU, SiLU, SwiGLU; Pre-LN against Post-LN", 40,
         "AMD labs 05a and 05b", "norms"),
     Lab("positions", "sinusoidal positions, RoPE and ALiBi", 35, "no single course lab", "positions"),
-    Lab("gpt-to-llama", "GPT-2's block turned into Llama's: RMSNorm, RoPE, SwiGLU, grouped-query attention, tied "
-        "embeddings; llmlab's Llama weights load into it", 60, "the AIMS workshop's GPT-2-to-Llama assignment; AMD lab 10",
-        "gpt_to_llama"),
+    Lab("gpt-to-llama", "GPT-2's block into Llama's: RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings",
+        60, "the AIMS workshop's GPT-2-to-Llama assignment; AMD lab 10", "gpt_to_llama"),
     Lab("kv-cache", "a KV cache inside llmlab's decoder: decoding with it equals decoding without it, and is faster",
         35, "8-week course 3.2", "kv_cache"),
     Lab("training-loop", "the next-token loss, AdamW, warmup + cosine, clipping, accumulation, bf16; a loop that "
