@@ -115,6 +115,8 @@ LABS = [  # in path order: what each lab needs comes before it
         "AIMS workshop's RLHF, reward-model and DPO labs", "preference"),
     Lab("rag", "retrieval: overlapping chunks, mean-pooled embeddings, cosine top-k, BM25, reciprocal rank fusion",
         45, "8-week course 8.3", "rag"),
+    Lab("sharding", "ring reduce-scatter, all-gather and all-reduce with every byte counted; column- and "
+        "row-parallel linear layers", 45, "no single course lab (Megatron-LM's tensor parallelism)", "sharding"),
     Lab("scaling-fit", "Chinchilla's law L(N, D), fitting it in log space, the compute-optimal split, isoFLOP minima",
         40, "Chinchilla's approaches 2 and 3 (Hoffmann et al. 2022)", "scaling_fit"),
 ]
