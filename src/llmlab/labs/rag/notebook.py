@@ -108,13 +108,13 @@ CELLS = [
         ## 6. Your retriever over Python's documentation
 
         The corpus is llmlab's built-in knowledge set (`llmlab.rag.knowledge`): the reference topics `help()`
-        prints and the docstrings of the standard library's modules, 234 documents that ship with Python, so
+        prints and the docstrings of the standard library's modules, about 230 documents that ship with Python, so
         nothing is downloaded. To embed in seconds on one core, each document's first 60 words (your `chunk`
         finds where they end) are cut by your `chunk` into windows of 24 words with an overlap of 6.
 
         Two sets of questions, each with the documents that answer it:
-        - **quoted**: the knowledge set's 100 questions, each quoting its document's first sentence with a word
-          blanked out, or a module's one-line summary;
+        - **quoted**: the knowledge set's questions (about 100), each quoting its document's first sentence with a
+          word blanked out, or a module's one-line summary;
         - **paraphrased**: twelve questions in other words than the documentation's.
 
         Each is answered three ways, all with your code: dense (MiniLM's token states, your `mean_pool`, your
