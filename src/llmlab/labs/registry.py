@@ -105,6 +105,8 @@ LABS = [  # in path order: what each lab needs comes before it
         35, "8-week course 3.2", "kv_cache"),
     Lab("training-loop", "the next-token loss, AdamW, warmup + cosine, clipping, accumulation, bf16; a loop that "
         "trains an llmlab model", 60, "AMD lab 08; 8-week course 4.2 and 4.3", "training_loop"),
+    Lab("optimizers", "SGD with (Nesterov) momentum, Adam, Lion, Muon's Newton-Schulz orthogonalisation; a race on an "
+        "llmlab model", 50, "the AIMS workshop's optimizers lab", "optimizers"),
     Lab("lora", "LoRA from scratch: the low-rank update, its scale, merging, adding it to a model", 40,
         "AIMS workshop's LoRA from scratch; AMD lab 07", "lora"),
     Lab("quantization", "absmax and zero-point int8, group-wise int4, 2:4 pruning", 35,
