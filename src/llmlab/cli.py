@@ -79,6 +79,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                         "GRPO with verifiable rewards: groups of samples, group-normalised advantages"),
     ("align", "ppo"): ("llmlab.recipes.align_rl", "PPOArgs", "ppo",
                        "PPO-style RLHF: value head, KL penalty, GAE, clipped losses, reward model or rule"),
+    ("align", "compare"): ("llmlab.recipes.align_compare", "CompareArgs", "compare",
+                           "base, SFT, GRPO, CoT SFT and CoT SFT + GRPO on the same held-out questions"),
     ("align", "budget"): ("llmlab.recipes.align_rl", "BudgetArgs", "budget",
                           "S1 budget forcing: accuracy against the thinking-token budget, plotted"),
     ("align", "reasoning"): ("llmlab.recipes.align_rl", "ReasoningArgs", "reasoning",

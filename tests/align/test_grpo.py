@@ -118,13 +118,17 @@ def test_settings_and_accuracy(setup):
         with pytest.raises(UserError):
             bad.check()
     wrong = [{**t, "answer": "not an answer anyone writes"} for t in tasks]
-    acc, samples = answer_accuracy(tiny(), tok, wrong, 4, end_of_turn_ids(tok))
-    assert acc == 0.0 and len(samples) == 8
+    scored = answer_accuracy(tiny(), tok, wrong, 4, end_of_turn_ids(tok))
+    samples = scored["samples"]
+    assert scored["accuracy"] == 0.0 and len(samples) == 8
     # batched scoring equals answering one prompt at a time
     model = tiny()
-    answers = [tok.decode([i for i in generate(model, t["prompt_ids"], 4, temperature=0.0,
-                                               stop_ids=end_of_turn_ids(tok)) if i not in end_of_turn_ids(tok)])
-               for t in tasks]
+    stops = end_of_turn_ids(tok)
+    outs = [generate(model, t["prompt_ids"], 4, temperature=0.0, stop_ids=stops) for t in tasks]
+    answers = [tok.decode([i for i in o if i not in stops]) for o in outs]
     assert [s["answer"] for s in samples] == answers
     expected = sum(answer_is_correct(a, t["answer"]) for a, t in zip(answers, tasks, strict=True)) / len(tasks)
-    assert answer_accuracy(model, tok, tasks, 4, end_of_turn_ids(tok), batch_size=3)[0] == expected
+    scored = answer_accuracy(model, tok, tasks, 4, stops, batch_size=3)
+    assert scored["accuracy"] == expected
+    assert scored["tokens_per_answer"] == sum(len(o) for o in outs) / len(outs)
+    assert scored["finished"] == sum(bool(o) and o[-1] in stops for o in outs) / len(outs)

@@ -28,6 +28,7 @@ def s(completion: str, answer: str | None = "12", prompt: str = "Mia has 7 pens 
     ("<think>\n7 + 5 = 12\n</think>\n12", "12", True),
     ("<think>\n7 + 5 = 13\n</think>\n12", "12", True),  # only the answer counts, not the steps
     ("<think>\n7 + 5 = 12\n</think>\n13", "12", False),  # a right step does not rescue a wrong answer
+    ("<think>\n7 + 5 = 12", "12", False),  # cut off before </think>: no answer yet, whatever the last step says
     ("1,000", "1000", True),
     ("11", "12", False),
     ("", "12", False),
@@ -45,6 +46,7 @@ def test_answer_is_correct(completion, reference, ok):
 def test_final_answer_takes_the_text_after_the_last_close_tag():
     assert final_answer("<think>a</think>b</think> 42 ") == "42"
     assert final_answer("no thinking here") == "no thinking here"
+    assert final_answer("<think>\n7 + 5 = 12") == ""
 
 
 @pytest.mark.parametrize("completion, value", [

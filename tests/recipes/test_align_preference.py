@@ -58,6 +58,7 @@ def test_dpo_lora_run_reopens_with_llmlab(base, lora_run):
     out, s = lora_run
     assert s["steps"] == 3 and s["preference_accuracy_before"] == 0.5  # policy == reference: every reward ties
     assert s["preference_accuracy_after"] is not None and s["exact_match_after"] is not None
+    assert 0.0 <= s["answer_accuracy_before"] <= 1.0 and 0.0 <= s["answer_accuracy_after"] <= 1.0
     for name in ("summary.json", "history.json", "rewards.png", "report.md", "adapter_config.json",
                  "adapter_model.safetensors"):
         assert (out / name).is_file(), name

@@ -12,7 +12,7 @@ and the numbers TRL logs: reward mean/std per function, completion length, KL, c
 model, no reward model: the group mean is the baseline. For LoRA the reference is the same model with
 the adapters switched off (`llmlab.finetune.lora.lora_disabled`), so it costs no memory. The loop,
 schedule and checkpoints are the recipe's (`llmlab.recipes.align_rl`); `answer_accuracy` scores greedy
-answers on held-out prompts.
+answers on held-out prompts (accuracy, tokens per answer, share finished).
 """
 
 import contextlib
@@ -131,17 +131,38 @@ def grpo_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokenize
     return out
 
 
+def encode_prompts(rows: list[dict], tokenizer, seq_len: int, max_new_tokens: int) -> list[dict]:
+    """{"messages", "answer"} rows -> the tasks `grpo_step` and `answer_accuracy` take: {"prompt_ids", "prompt",
+    "answer"}, rendered with the chat template and a generation prompt; UserError when one cannot fit."""
+    out = []
+    for r in rows:
+        text = tokenizer.render(r["messages"], add_generation_prompt=True)
+        ids = tokenizer.encode(text, allowed_special="all")
+        if len(ids) + max_new_tokens > seq_len:
+            raise UserError(f"prompt {text[:60]!r}...: {len(ids)} tokens + --max-new-tokens {max_new_tokens} do not "
+                            f"fit the context window of {seq_len}; shorten it or lower --max-new-tokens")
+        out.append({"prompt_ids": ids, "prompt": text, "answer": r["answer"]})
+    return out
+
+
 @torch.no_grad()
 def answer_accuracy(model: torch.nn.Module, tokenizer, tasks: list[dict], max_new_tokens: int, stop_ids: set[int],
-                    batch_size: int = 16) -> tuple[float, list[dict]]:
-    """(share of held-out tasks answered correctly by greedy decoding, the first 8 answers with references)."""
+                    batch_size: int = 16) -> dict:
+    """Greedy answers to held-out tasks, scored by `answer_is_correct`:
+
+        accuracy           share answered correctly
+        tokens_per_answer  mean new tokens, the stop token included (what an answer costs)
+        finished           share that ended their turn within `max_new_tokens`
+        samples            the first 8 answers with their references
+    """
     if not tasks:
-        return float("nan"), []
-    answers = []
+        return {"accuracy": float("nan"), "tokens_per_answer": float("nan"), "finished": float("nan"), "samples": []}
+    outs = []
     for i in range(0, len(tasks), batch_size):
-        outs = generate_batch(model, [t["prompt_ids"] for t in tasks[i:i + batch_size]], max_new_tokens,
-                              temperature=0.0, stop_ids=stop_ids)
-        answers += [tokenizer.decode([t for t in o if t not in stop_ids]) for o in outs]
+        outs += generate_batch(model, [t["prompt_ids"] for t in tasks[i:i + batch_size]], max_new_tokens,
+                               temperature=0.0, stop_ids=stop_ids)
+    answers = [tokenizer.decode([t for t in o if t not in stop_ids]) for o in outs]
     hits = [answer_is_correct(a, t["answer"]) for a, t in zip(answers, tasks, strict=True)]
-    samples = [{"answer": a, "reference": t["answer"]} for a, t in zip(answers[:8], tasks[:8], strict=True)]
-    return sum(hits) / len(hits), samples
+    return {"accuracy": sum(hits) / len(hits), "tokens_per_answer": sum(len(o) for o in outs) / len(outs),
+            "finished": sum(bool(o) and o[-1] in stop_ids for o in outs) / len(outs),
+            "samples": [{"answer": a, "reference": t["answer"]} for a, t in zip(answers[:8], tasks[:8], strict=True)]}

@@ -10,7 +10,9 @@ returns a float. The ones here:
     terse     1 when the answer is at most TERSE_WORDS words, decaying to 0 at four times that; 0 when
               the completion was cut off at the token limit
 
-The final answer is the text after the last `</think>` when there is one, else the whole completion.
+The final answer is the text after the last `</think>` when there is one, nothing when a `<think>` was
+opened and never closed (a thought cut off at the token limit has not answered yet, even if its last line
+holds the right number), else the whole completion.
 `score_samples` combines several functions with weights (TRL's `reward_weights`, summed before the
 group normalisation) and stops on a function that raises, naming the sample, unless asked to skip: then
 that function gives the sample 0 and the error is counted. A non-finite reward always stops.
@@ -45,7 +47,10 @@ RewardFn = Callable[[Sample], float]
 
 
 def final_answer(completion: str) -> str:
-    """The answer part: after the last `</think>` if any, stripped. "<think>\\n3+4=7\\n</think>\\n7" -> "7"."""
+    """The answer part: after the last `</think>` if any, stripped. "<think>\\n3+4=7\\n</think>\\n7" -> "7";
+    "<think>\\n3+4=7" (never closed) -> ""."""
+    if THINK_OPEN in completion and THINK_CLOSE not in completion:
+        return ""
     return completion.rsplit(THINK_CLOSE, 1)[-1].strip()
 
 

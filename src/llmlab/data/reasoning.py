@@ -119,6 +119,21 @@ def split_tasks(n_train: int, n_test: int, seed: int = 0,
     return train[:n_train], test
 
 
+def task_prompts(n_train: int, n_test: int, seed: int = 0, think: bool = False) -> tuple[list[dict], list[dict]]:
+    """`split_tasks` as prompts with reference answers, for RL and answer scoring: {"messages", "answer"}, the
+    messages ending with the user's question. With `think` the system prompt asks for worked steps in
+    `<think>...</think>` (COT_SYSTEM) instead of the result only; the questions are the same either way."""
+    train, test = split_tasks(n_train, max(n_test, 1), seed)
+
+    def prompt(task: dict) -> dict:
+        messages = task["messages"][:-1]
+        if think:
+            messages = [{"role": "system", "content": COT_SYSTEM}, *messages[1:]]
+        return {"messages": messages, "answer": task["answer"]}
+
+    return [prompt(t) for t in train], [prompt(t) for t in test[:n_test]]
+
+
 def train_test_cot(n_train: int, n_test: int, seed: int = 0,
                    families: tuple[str, ...] = COT_FAMILIES) -> tuple[list[dict], list[dict]]:
     """`split_tasks`, every row with worked steps (the same questions, so CoT and direct runs compare)."""

@@ -6,7 +6,9 @@
 
 `dpo` reads preference pairs (`llmlab.data.preference`), scores held-out
 preference accuracy (the implicit reward ranks chosen above rejected) and, on
-the built-in tasks, exact match (`llmlab.eval.exact_match`); applies the method
+the built-in tasks, the greedy answers to the held-out questions twice: exact match of the whole first line
+(`llmlab.eval.exact_match`) and the answer checker GRPO is scored with (`llmlab.align.rewards.answer_is_correct`:
+the number in "There are 36 marbles." counts); applies the method
 (`llmlab.finetune.methods`), trains on the shared loop with a preference loss
 (`llmlab.align.dpo`), scores again and writes `--out` the way `llmlab finetune`
 does (full: a checkpoint folder; lora/qlora: checkpoint/ plus PEFT's adapter
@@ -33,13 +35,14 @@ from llmlab.align import constitution as cai
 from llmlab.align.dpo import LOSS_TYPES, PreferenceLoss, preference_accuracy, preference_batches, preference_loss
 from llmlab.align.logprobs import ReferenceLogps
 from llmlab.align.reward import export_hf, pair_batches, pairwise_accuracy, reward_loss
+from llmlab.align.rewards import answer_is_correct
 from llmlab.common import checkpoint, log
 from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
 from llmlab.data.preference import load_preferences, tokenize_preferences
-from llmlab.eval.exact_match import exact_match_score
+from llmlab.eval.exact_match import exact_match, generate_answers
 from llmlab.finetune.methods import apply_method
 from llmlab.finetune.peft_format import save_peft_adapter
 from llmlab.infer.api import LocalChat
@@ -190,6 +193,15 @@ def _finish(args, out: Path, state: TrainState, summary: dict, keys: tuple[str, 
         "final_loss", "time_per_step_s", "trainable_params", "skipped_rows")])
 
 
+def task_scores(model: torch.nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> dict:
+    """Greedy answers to held-out task conversations, scored by whole-line exact match and by the answer checker."""
+    answers = generate_answers(model, tokenizer, conversations, max_new_tokens)
+    refs = [[m for m in c if m["role"] == "assistant"][-1]["content"] for c in conversations]
+    pairs = list(zip(answers, refs, strict=True))
+    return {"exact_match": sum(exact_match(a, r) for a, r in pairs) / len(pairs),
+            "answer_accuracy": sum(answer_is_correct(a, r) for a, r in pairs) / len(pairs)}
+
+
 def _method_spec(args: PreferenceTrainArgs) -> dict[str, Any]:
     return {"name": args.method, "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
             "targets": list(args.targets), "seed": args.seed}
@@ -211,9 +223,9 @@ def dpo(args: DPOArgs) -> dict[str, Any]:
         checkpoint.check_resume(saved.get("run", {}), dataclasses.asdict(args), RESUME_KEYS + (
             "beta", "loss_type", "label_smoothing", "simpo_gamma"), f"--resume {ckpt}")
     questions = [r.prompt + r.chosen for r in held_rows if r.answer is not None][:args.eval_examples]
-    em_before = saved.get("exact_match_before")
-    if questions and em_before is None:
-        em_before, _ = exact_match_score(model, tokenizer, questions, args.max_new_tokens)
+    tasks_before = saved.get("tasks_before")
+    if questions and tasks_before is None:
+        tasks_before = task_scores(model, tokenizer, questions, args.max_new_tokens)
     # the reference is the model before training: a frozen copy, or for LoRA the policy with its adapters off
     frozen = copy.deepcopy(model).requires_grad_(False).eval() if args.method == "full" and spec.needs_reference \
         else None
@@ -229,7 +241,7 @@ def dpo(args: DPOArgs) -> dict[str, Any]:
     evaluate = lambda: preference_accuracy(model, held, spec, tokenizer.pad_id, max_len,  # noqa: E731
                                            reference(held)) if held else {}
     pref_before = saved.get("preference_before") or evaluate()
-    meta = {"run": dataclasses.asdict(args), "exact_match_before": em_before, "preference_before": pref_before}
+    meta = {"run": dataclasses.asdict(args), "tasks_before": tasks_before, "preference_before": pref_before}
     save_kwargs = {"tokenizer": tokenizer} if args.method == "full" else {"trainable_only": True}
     if args.method != "full":
         meta.update(base=checkpoint.base_reference(args.model), method=_method_spec(args))
@@ -239,7 +251,9 @@ def dpo(args: DPOArgs) -> dict[str, Any]:
                                                   ref_train, args.seed, pos),
                    preference_loss(spec), save_kwargs, show=("rewards/margins", "rewards/accuracies"))
     pref_after = evaluate()
-    em_after = exact_match_score(model, tokenizer, questions, args.max_new_tokens)[0] if questions else None
+    tasks_after = task_scores(model, tokenizer, questions, args.max_new_tokens) if questions else {}
+    tasks_before = tasks_before or {}
+    em_before, em_after = tasks_before.get("exact_match"), tasks_after.get("exact_match")
     if args.method in ("lora", "qlora"):
         save_peft_adapter(model, out, base_model_name_or_path=checkpoint.base_reference(args.model))
     summary = {
@@ -250,14 +264,17 @@ def dpo(args: DPOArgs) -> dict[str, Any]:
         "preference_accuracy_before": pref_before.get("accuracy"),
         "preference_accuracy_after": pref_after.get("accuracy"),
         "reward_margin_before": pref_before.get("margin"), "reward_margin_after": pref_after.get("margin"),
-        "exact_match_before": em_before, "exact_match_after": em_after, "held_out_pairs": len(held),
+        "exact_match_before": em_before, "exact_match_after": em_after,
+        "answer_accuracy_before": tasks_before.get("answer_accuracy"),
+        "answer_accuracy_after": tasks_after.get("answer_accuracy"), "held_out_pairs": len(held),
         "held_out_questions": len(questions), "skipped_rows": skipped, **notes,
     }
     _finish(args, out, state, summary, ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"),
             f"DPO ({args.loss_type}, beta={args.beta})")
     log.info(f"done: align dpo, {state.step} steps; held-out preference accuracy "
              f"{summary['preference_accuracy_before']} -> {summary['preference_accuracy_after']}, exact match "
-             f"{em_before} -> {em_after}; output in {out}")
+             f"{em_before} -> {em_after}, answer accuracy {summary['answer_accuracy_before']} -> "
+             f"{summary['answer_accuracy_after']}; output in {out}")
     return {**summary, "model": model, "tokenizer": tokenizer}
 
 

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from llmlab.align.grpo import GRPOSettings, answer_accuracy, grpo_step, reference_fn
+from llmlab.align.grpo import GRPOSettings, answer_accuracy, encode_prompts, grpo_step, reference_fn
 from llmlab.align.ppo import PPOSettings, ValueHead, model_reward, ppo_step
 from llmlab.align.rewards import REWARDS, resolve_rewards
 from llmlab.common import checkpoint, log
@@ -35,7 +35,7 @@ from llmlab.common.config import arg
 from llmlab.common.device import resolve_device, seed_everything
 from llmlab.common.errors import UserError
 from llmlab.common.io import atomic_write, write_json_atomic, write_text_atomic
-from llmlab.data.reasoning import COT_FAMILIES, COT_SYSTEM, split_tasks, train_test_cot, write_cot_jsonl
+from llmlab.data.reasoning import task_prompts, train_test_cot, write_cot_jsonl
 from llmlab.data.sft import split_validation
 from llmlab.finetune.methods import apply_method
 from llmlab.finetune.peft_format import save_peft_adapter
@@ -45,6 +45,7 @@ from llmlab.loading import load
 from llmlab.models.gpt import count_parameters
 from llmlab.train.loop import TrainState
 from llmlab.train.optim import lr_at
+from llmlab.train.plot import running_mean
 
 RL_METHODS = ("full", "lora", "qlora")
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -147,13 +148,7 @@ def _prompt_row(row: Any) -> dict:
 def load_prompts(args: RLArgs) -> tuple[list[dict], list[dict], int]:
     """(training prompts, held-out prompts, rows skipped) as {"messages", "answer"}."""
     if args.data == "tasks":
-        train, test = split_tasks(args.n_train, max(args.eval_examples, 1), args.seed, COT_FAMILIES)
-        rows = [[{"messages": t["messages"][:-1], "answer": t["answer"]} for t in part] for part in (train, test)]
-        if args.think:
-            for part in rows:
-                for r in part:
-                    r["messages"] = [{"role": "system", "content": COT_SYSTEM}, *r["messages"][1:]]
-        return rows[0], rows[1][:args.eval_examples], 0
+        return (*task_prompts(args.n_train, args.eval_examples, args.seed, args.think), 0)
     path = Path(args.data)
     if not path.is_file():
         raise UserError(f"--data {args.data}: no such file; give 'tasks' or a .jsonl of {{prompt, answer}} rows")
@@ -172,18 +167,6 @@ def load_prompts(args: RLArgs) -> tuple[list[dict], list[dict], int]:
     n_test = min(args.eval_examples, len(rows) // 5)
     train, test = split_validation(rows, n_test / len(rows) if n_test else 0.0, args.seed)
     return train, test, skipped
-
-
-def encode_prompts(rows: list[dict], tokenizer, seq_len: int, max_new_tokens: int) -> list[dict]:
-    out = []
-    for r in rows:
-        text = tokenizer.render(r["messages"], add_generation_prompt=True)
-        ids = tokenizer.encode(text, allowed_special="all")
-        if len(ids) + max_new_tokens > seq_len:
-            raise UserError(f"prompt {text[:60]!r}...: {len(ids)} tokens + --max-new-tokens {max_new_tokens} do not "
-                            f"fit the context window of {seq_len}; shorten it or lower --max-new-tokens")
-        out.append({"prompt_ids": ids, "prompt": text, "answer": r["answer"]})
-    return out
 
 
 def step_prompts(tasks: list[dict], step: int, n: int, seed: int) -> list[dict]:
@@ -207,7 +190,12 @@ def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) ->
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
     for ax, key in zip(list(getattr(axes, "flat", [axes])), keys, strict=True):
         rows = [r for r in history if r.get(key) is not None]
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], linewidth=1)
+        steps, values = [r["step"] for r in rows], [r[key] for r in rows]
+        ax.plot(steps, values, linewidth=0.8, alpha=0.5, label="per step")
+        w = max(1, len(values) // 10)  # a few prompts per step: the running mean shows the trend
+        if w > 1:
+            ax.plot(steps, running_mean(values, w), linewidth=1.8, label=f"mean of {w}")
+            ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
@@ -215,6 +203,12 @@ def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) ->
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
+
+def _mean_reward(rows: list[dict]) -> float | None:
+    """Mean step reward over `rows` (one step's reward is too noisy to compare a run's start and end)."""
+    values = [r["reward"] for r in rows if r.get("reward") is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _train(args: RLArgs, kind: str) -> dict[str, Any]:
@@ -249,10 +243,13 @@ def _train(args: RLArgs, kind: str) -> dict[str, Any]:
     saved = checkpoint.read_meta(ckpt) if args.resume else {}
     if args.resume:
         checkpoint.check_resume(saved.get("run", {}), dataclasses.asdict(args), RESUME_KEYS, f"--resume {ckpt}")
-    before = saved.get("accuracy_before")
-    if held_out and before is None:
-        before, _ = answer_accuracy(model, tokenizer, held_out, eval_tokens, stops)
-        log.info(f"{kind}: held-out answer accuracy before training: {before:.3f}")
+    scored_before = saved.get("scored_before")
+    if held_out and scored_before is None:
+        scored_before = {k: v for k, v in answer_accuracy(model, tokenizer, held_out, eval_tokens, stops).items()
+                         if k != "samples"}
+        log.info(f"{kind}: held-out answer accuracy before training: {scored_before['accuracy']:.3f} "
+                 f"({scored_before['tokens_per_answer']:.1f} tokens per answer)")
+    before = scored_before["accuracy"] if scored_before else None
     total_params = count_parameters(model)
     spec = {"name": args.method, "rank": args.rank, "alpha": args.alpha, "targets": list(args.targets)}
     ref_model = None
@@ -275,7 +272,7 @@ def _train(args: RLArgs, kind: str) -> dict[str, Any]:
     record = dataclasses.asdict(args)
 
     def save(st: TrainState) -> None:
-        meta = {"run": record, "state": st.to_dict(), "accuracy_before": before, "kind": kind}
+        meta = {"run": record, "state": st.to_dict(), "scored_before": scored_before, "kind": kind}
         extra = {VALUE_HEAD_FILE: value_head.state_dict()} if value_head is not None else None
         if args.method == "full":
             checkpoint.save_checkpoint(ckpt, model, meta, tokenizer=tokenizer, optimizer=optimizer,
@@ -309,12 +306,14 @@ def _train(args: RLArgs, kind: str) -> dict[str, Any]:
         lr = lr_at(state.step, args.max_steps, args.lr, args.warmup_steps, args.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         metrics = one_step(step_prompts(train, state.step, args.prompts_per_step, args.seed),
                            args.seed * 1_000_003 + state.step * 10_007)
         state.step += 1
         state.elapsed_s = elapsed0 + time.perf_counter() - t_start
-        row = {"step": state.step, "lr": lr, "step_s": time.perf_counter() - t0, **metrics}
+        # CPU seconds next to wall seconds: on a shared machine the wall clock says more about the neighbours
+        row = {"step": state.step, "lr": lr, "step_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+               **metrics}
         state.history.append(row)
         bar.update(1)
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward", "loss", "kl", "completion_length") if k in row})
@@ -324,29 +323,40 @@ def _train(args: RLArgs, kind: str) -> dict[str, Any]:
         if stop_now:
             break
     bar.close()
-    after, samples = (answer_accuracy(model, tokenizer, held_out, eval_tokens, stops) if held_out
-                      else (None, []))
+    scored_after = answer_accuracy(model, tokenizer, held_out, eval_tokens, stops) if held_out else {}
+    after, samples = scored_after.get("accuracy"), scored_after.pop("samples", [])
     if args.method in ("lora", "qlora"):
         save_peft_adapter(model, out, base_model_name_or_path=checkpoint.base_reference(args.model))
     ran = state.history[first_step:] or state.history
     summary = {
         "kind": kind, "method": args.method, "model": args.model, "steps": state.step,
         "trainable_params": sum(p.numel() for p in params), "total_params": total_params,
-        "time_per_step_s": state.elapsed_s / max(state.step, 1), "accuracy_before": before, "accuracy_after": after,
-        "held_out": len(held_out), "train_prompts": len(train), "skipped_rows": skipped,
+        "time_per_step_s": state.elapsed_s / max(state.step, 1),
+        "cpu_per_step_s": sum(r["cpu_s"] for r in ran if "cpu_s" in r) / max(len(ran), 1),
+        "train_s": state.elapsed_s, "accuracy_before": before, "accuracy_after": after,
+        "tokens_per_answer_before": (scored_before or {}).get("tokens_per_answer"),
+        "tokens_per_answer_after": scored_after.get("tokens_per_answer"),
+        "finished_before": (scored_before or {}).get("finished"), "finished_after": scored_after.get("finished"),
+        "eval_max_new_tokens": eval_tokens, "held_out": len(held_out), "train_prompts": len(train),
+        "skipped_rows": skipped,
         "examples_seen": state.step * args.prompts_per_step,
-        "reward_first": ran[0].get("reward") if ran else None, "reward_last": ran[-1].get("reward") if ran else None,
+        "reward_first": _mean_reward(ran[:max(1, len(ran) // 5)]),
+        "reward_last": _mean_reward(ran[-max(1, len(ran) // 5):]),
         "samples": samples, **notes,
     }
     write_json_atomic(out / "summary.json", summary)
     write_json_atomic(out / "history.json", state.history)
     keys = ["reward", "completion_length"] + (["kl"] if kind == "ppo" or getattr(args, "beta", 0.0) else [])
     plot_curves(state.history, keys, out / "curves.png", f"{kind} on {args.data} ({args.method})")
-    acc = f"{before:.3f} -> {after:.3f}" if after is not None and before is not None else "not measured"
+    acc = (f"{before:.3f} -> {after:.3f}; tokens per answer {summary['tokens_per_answer_before']:.1f} -> "
+           f"{summary['tokens_per_answer_after']:.1f} (greedy, at most {eval_tokens})"
+           if after is not None and before is not None else "not measured")
     write_text_atomic(out / "report.md", f"# {kind}: {args.model} on {args.data} ({args.method})\n\n"
-                      f"- steps: {state.step}, {summary['time_per_step_s']:.2f} s/step, "
-                      f"{summary['examples_seen']} prompts seen\n- held-out answer accuracy ({len(held_out)}): {acc}\n"
-                      f"- mean reward first/last step: {summary['reward_first']} / {summary['reward_last']}\n\n"
+                      f"- steps: {state.step}, {summary['time_per_step_s']:.2f} s/step "
+                      f"({summary['cpu_per_step_s']:.2f} CPU s/step), {summary['examples_seen']} prompts seen\n"
+                      f"- held-out answer accuracy ({len(held_out)}): {acc}\n"
+                      f"- mean reward, first / last fifth of the steps: {summary['reward_first']:.3f} / "
+                      f"{summary['reward_last']:.3f}\n\n"
                       "![curves](curves.png)\n")
     log.info(f"done: {kind} {args.method}, {state.step} steps, {summary['time_per_step_s']:.2f} s/step; "
              f"held-out accuracy {acc}; output in {out}")

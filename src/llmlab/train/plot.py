@@ -1,8 +1,17 @@
-"""The loss curve as a PNG: train loss per step and validation loss where measured."""
+"""The loss curve as a PNG: train loss per step and validation loss where measured; a running mean for noisy curves."""
 
 from pathlib import Path
 
 from llmlab.common.io import atomic_write
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the window - 1 before it (fewer at the start): [1, 3, 5, 7], 2 -> [1, 2, 4, 6]."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "loss") -> None:
