@@ -121,6 +121,8 @@ LABS = [  # in path order: what each lab needs comes before it
         "row-parallel linear layers", 45, "no single course lab (Megatron-LM's tensor parallelism)", "sharding"),
     Lab("scaling-fit", "Chinchilla's law L(N, D), fitting it in log space, the compute-optimal split, isoFLOP minima",
         40, "Chinchilla's approaches 2 and 3 (Hoffmann et al. 2022)", "scaling_fit"),
+    Lab("roofline", "FLOPs and bytes of a matmul, attention and a decoder; the roofline and its regimes; measured "
+        "FLOP/s on this CPU", 40, "Williams et al. 2009; PaLM's MFU (appendix B)", "roofline"),
 ]
 
 
