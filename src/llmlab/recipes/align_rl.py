@@ -205,9 +205,9 @@ def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def _mean_reward(rows: list[dict]) -> float | None:
-    """Mean step reward over `rows` (one step's reward is too noisy to compare a run's start and end)."""
-    values = [r["reward"] for r in rows if r.get("reward") is not None]
+def _mean(rows: list[dict], key: str = "reward") -> float | None:
+    """Mean of a step metric over `rows` (one step's value is too noisy to compare a run's start and end)."""
+    values = [r[key] for r in rows if r.get(key) is not None]
     return sum(values) / len(values) if values else None
 
 
@@ -340,8 +340,9 @@ def _train(args: RLArgs, kind: str) -> dict[str, Any]:
         "eval_max_new_tokens": eval_tokens, "held_out": len(held_out), "train_prompts": len(train),
         "skipped_rows": skipped,
         "examples_seen": state.step * args.prompts_per_step,
-        "reward_first": _mean_reward(ran[:max(1, len(ran) // 5)]),
-        "reward_last": _mean_reward(ran[-max(1, len(ran) // 5):]),
+        "reward_first": _mean(ran[:max(1, len(ran) // 5)]), "reward_last": _mean(ran[-max(1, len(ran) // 5):]),
+        "kl_first": _mean(ran[:max(1, len(ran) // 5)], "kl"), "kl_last": _mean(ran[-max(1, len(ran) // 5):], "kl"),
+        "kl_max": max((r["kl"] for r in ran if r.get("kl") is not None), default=None),
         "samples": samples, **notes,
     }
     write_json_atomic(out / "summary.json", summary)
@@ -356,7 +357,10 @@ def _train(args: RLArgs, kind: str) -> dict[str, Any]:
                       f"({summary['cpu_per_step_s']:.2f} CPU s/step), {summary['examples_seen']} prompts seen\n"
                       f"- held-out answer accuracy ({len(held_out)}): {acc}\n"
                       f"- mean reward, first / last fifth of the steps: {summary['reward_first']:.3f} / "
-                      f"{summary['reward_last']:.3f}\n\n"
+                      f"{summary['reward_last']:.3f}\n"
+                      + (f"- KL to the reference, first / last fifth (max): {summary['kl_first']:.4f} / "
+                         f"{summary['kl_last']:.4f} ({summary['kl_max']:.4f})\n" if summary["kl_max"] is not None
+                         else "") + "\n"
                       "![curves](curves.png)\n")
     log.info(f"done: {kind} {args.method}, {state.step} steps, {summary['time_per_step_s']:.2f} s/step; "
              f"held-out accuracy {acc}; output in {out}")
