@@ -82,7 +82,7 @@ CELLS = [
 
         `check("kv-cache")` runs every check. `llmlab bench kv-cache` measures llmlab's own cache over longer
         runs; `llmlab serve` goes further with a paged cache shared by many requests. Next on the path:
-        `llmlab labs start lora`.
+        `llmlab labs start training-loop`.
         '''),
     check_cell("kv-cache"),
 ]

@@ -62,7 +62,7 @@ CELLS = [
         ## Done?
 
         `check("micrograd")` runs every check. `llmlab fundamentals autograd` trains a bigger network this way
-        and draws its decision boundary. Next on the path: `llmlab labs start bpe`.
+        and draws its decision boundary. Next on the path: `llmlab labs start ngram-and-backprop`.
         '''),
     check_cell("micrograd"),
 ]

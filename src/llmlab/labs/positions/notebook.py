@@ -74,7 +74,7 @@ CELLS = [
 
         `check("positions")` runs every check. `llmlab compare positions` trains learned, sinusoidal, RoPE, ALiBi
         and no positions at all side by side, and tests them at twice the training length. Next on the path:
-        `llmlab labs start kv-cache`.
+        `llmlab labs start gpt-to-llama`.
         '''),
     check_cell("positions"),
 ]

@@ -74,7 +74,8 @@ CELLS = [
         ## Done?
 
         `check("preference")` runs every check. `llmlab align dpo` runs DPO (and IPO, hinge, SimPO) on real
-        preference data; `llmlab align reward` trains a Bradley-Terry reward model.
+        preference data; `llmlab align reward` trains a Bradley-Terry reward model. Next on the path:
+        `llmlab labs start rag`.
         '''),
     check_cell("preference"),
 ]

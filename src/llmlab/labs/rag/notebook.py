@@ -267,7 +267,7 @@ CELLS = [
         `check("rag")` runs every check. Going further: `llmlab rag index --docs DIR --out runs/index` does all of
         this for a folder of your own (token-counted chunks, an int8 or IVF index, saved to disk), `llmlab rag ask`
         puts the chunks into a model's prompt with numbered sources, and `llmlab rag compare` measures retrieval
-        against fine-tuning the same knowledge into the model.
+        against fine-tuning the same knowledge into the model. Next on the path: `llmlab labs start sharding`.
         '''),
     check_cell("rag"),
 ]

@@ -177,7 +177,8 @@ CELLS = [
         `check("sharding")` runs every check. The same algorithms across real processes: `llmlab compare sharding`
         runs llmlab's ring collectives (`llmlab.train.collectives.Comm`, over torch.distributed point-to-point
         sends) and its column- and row-parallel layers (`llmlab.train.sharded`) on several CPU processes, with the
-        bytes of each collective measured, and backward passes with their own collectives.
+        bytes of each collective measured, and backward passes with their own collectives. Next on the path:
+        `llmlab labs start scaling-fit`.
         '''),
     check_cell("sharding"),
 ]
