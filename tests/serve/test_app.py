@@ -82,6 +82,16 @@ def test_greedy_completions_equal_generate_for_text_ids_and_lists(serve, lm):
     assert full.usage.completion_tokens == 40
     assert full.choices[0].text == "".join(stream_text(lm.generate("x", 40, temperature=0, eos_id=None,
                                                                    text=False), lm.tokenizer))
+    # past an end-of-text token (10th here) every token still streams its logprobs, as load tests count them
+    reference = lm.generate("naïve café", 40, temperature=0, eos_id=None, text=False)
+    assert set(reference) & set(lm.tokenizer.special_tokens.values())
+    tokens, text = [], ""
+    for chunk in c.completions.create(model="tiny-chat", prompt="naïve café", max_tokens=40, temperature=0,
+                                      logprobs=0, stream=True, extra_body={"ignore_eos": True}):
+        for ch in chunk.choices:
+            text += ch.text
+            tokens += ch.logprobs.tokens if ch.logprobs else []
+    assert len(tokens) == 40 and text == "".join(stream_text(reference, lm.tokenizer))
 
 
 def test_seeded_choices_equal_generate_with_seed_plus_i(serve, lm):

@@ -131,7 +131,10 @@ class _Generation:
             if ev.token_id is not None:
                 choice.completion_tokens = ev.completion_tokens
                 piece = choice.text.feed(ev.token_id)
-                if choice.logprobs is not None and ev.token_id not in choice.text.silent:
+                # every generated token has its logprobs (a special token too: no text, as vLLM's
+                # skip_special_tokens), except the stop token that ends the choice, as OpenAI's
+                ends_here = ev.finish_reason == "stop" and ev.token_id in choice.text.silent
+                if choice.logprobs is not None and not ends_here:
                     if self.chat:
                         entry = chat_logprob(self.server.tokenizer, ev)
                         choice.logprobs.append(entry)
