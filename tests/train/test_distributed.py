@@ -4,9 +4,11 @@ Two ranks are launched by `llmlab.train.spawn` (a dying or hung rank fails the t
 single-process runs they are compared with are `pretrain` as `llmlab pretrain` runs it. Losses agree to
 1e-5. Weights agree to a tolerance tied to the learning rate: Adam divides each gradient by its own
 running size, so where a gradient is near Adam's eps (1e-8), the ~1e-9 rounding differences of summing in
-another order move that weight by a fraction of one step. Summing the batch's halves (DDP, FSDP) moved
-weights by at most 0.005 lr in 3 steps here; splitting every matmul (TP) by 0.11 lr, and its losses by
-7e-6, where SGD in its place agrees to 6e-8. The tolerances below leave about twice that.
+another order move that weight by a fraction of one step, and how large a fraction depends on the CPU's
+kernels. Summing the batch's halves (DDP, FSDP) moved weights by at most 0.005 lr in 3 steps on one machine
+and 0.011 lr (1.3e-6 of the weights' norm) on an AMD EPYC; splitting every matmul (TP) by 0.11 lr, and its
+losses by 7e-6, where SGD in its place agrees to 6e-8. The tolerances below leave room for other CPUs and
+stay far below one step (lr), the size of move a wrong gradient makes.
 """
 
 import os
@@ -67,7 +69,7 @@ def _assert_same_run(got: dict, want: dict, out, reference_out, split_matmuls: b
     torch.testing.assert_close(got["val"], want["val"], rtol=0, atol=1e-5)
     weights, reference = llmlab.load(out).model.state_dict(), llmlab.load(reference_out).model.state_dict()
     assert weights.keys() == reference.keys()
-    atol, relative = (0.25 * LR, 4e-5) if split_matmuls else (0.01 * LR, 1.5e-6)
+    atol, relative = (0.25 * LR, 4e-5) if split_matmuls else (0.05 * LR, 5e-6)
     for name, w in reference.items():
         torch.testing.assert_close(weights[name], w, rtol=0, atol=atol, msg=name)
     difference = sum(((weights[n] - w) ** 2).sum() for n, w in reference.items()) ** 0.5
