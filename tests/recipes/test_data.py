@@ -141,3 +141,19 @@ def test_speedrun_with_the_code_preset_and_muon_resumes_only_with_muon(corpus_di
     assert "exact_dedup" in (tmp_path / "run" / "pipeline" / "out" / "report.md").read_text()
     with pytest.raises(UserError, match="optimizer: 'muon' -> 'adamw'"):
         run(SpeedrunArgs(**{**args, "optimizer": "adamw", "max_steps": 6, "resume": True}))
+
+
+def test_speedrun_records_its_precision_and_resumes_in_it(corpus_dir, tmp_path):
+    from llmlab.common.errors import UserError
+    from llmlab.recipes.speedrun import SpeedrunArgs, run
+
+    args = dict(out=str(tmp_path / "run"), data=[str(corpus_dir)], precision="bf16", vocab_size=300, seq_len=64,
+                max_steps=4, samples=1, sample_tokens=8, progress=False)
+    report = run(SpeedrunArgs(**args))
+    assert report["precision"] == "bf16" and report["config"]["speedrun"]["precision"] == "bf16"
+    assert "(bf16 matmuls)" in (tmp_path / "run" / "report.md").read_text()
+    with pytest.raises(UserError, match="precision: 'bf16' -> 'fp32'"):
+        run(SpeedrunArgs(**{**args, "precision": "fp32", "max_steps": 6, "resume": True}))
+    # auto on resume keeps the interrupted run's precision, whatever this machine would choose now
+    resumed = run(SpeedrunArgs(**{**args, "precision": "auto", "max_steps": 6, "resume": True}))
+    assert resumed["steps"] == 6 and resumed["precision"] == "bf16"

@@ -1,6 +1,8 @@
 """The optimizers written out: step for step equal to torch.optim and transformers, Lion to its paper's rule,
 Muon's Newton-Schulz to the SVD polar factor; they train, checkpoint and resume; bad hyperparameters refused."""
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -162,7 +164,17 @@ def test_newton_schulz_is_the_polar_factor_roughly(rows, cols):
 
 def test_newton_schulz_refuses_non_matrices():
     with pytest.raises(ValueError, match="matrices"):
-        newton_schulz(torch.randn(3, 4, 5))
+        newton_schulz(torch.randn(5))
+
+
+@pytest.mark.parametrize("rows, cols", [(32, 32), (48, 16), (16, 40)])
+def test_newton_schulz_of_a_stack_is_each_matrix_on_its_own(rows, cols):
+    g = torch.Generator().manual_seed(0)
+    stack = torch.randn(3, rows, cols, generator=g) * torch.tensor([1e-3, 1.0, 50.0]).view(3, 1, 1)
+    together = newton_schulz(stack)
+    assert together.shape == stack.shape
+    for G, X in zip(stack, together, strict=True):
+        torch.testing.assert_close(X, newton_schulz(G), atol=1e-5, rtol=1e-5)
 
 
 def test_muon_param_groups_on_a_transformer():
@@ -196,6 +208,27 @@ def test_muon_trains_a_tiny_model():
     buf = opt.state[model.blocks[0].attn.q_proj.weight if hasattr(model.blocks[0].attn, "q_proj")
                     else next(model.blocks[0].parameters())]
     assert set(buf) <= {"momentum_buffer", "step", "exp_avg", "exp_avg_sq"}
+
+
+def test_muon_step_is_the_rule_for_each_matrix():
+    """Two steps of Muon over matrices of two shapes (orthogonalised in stacks) against the rule, one matrix at
+    a time: Nesterov momentum, Newton-Schulz, decoupled decay, the match-AdamW scale."""
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(*shape, generator=g) for shape in ((8, 12), (8, 12), (12, 8), (8, 12))]
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    opt = Muon([{"params": params, "muon": True}], lr=0.1, momentum=0.9, weight_decay=0.05)
+    bufs = [torch.zeros_like(w) for w in weights]
+    for _ in range(2):
+        grads = [torch.randn(w.shape, generator=g) for w in weights]
+        for p, grad in zip(params, grads, strict=True):
+            p.grad = grad.clone()
+        opt.step()
+        for i, (w, grad) in enumerate(zip(weights, grads, strict=True)):
+            bufs[i] = 0.9 * bufs[i] + 0.1 * grad
+            update = newton_schulz(0.1 * grad + 0.9 * bufs[i])
+            weights[i] = w * (1 - 0.1 * 0.05) - 0.1 * 0.2 * math.sqrt(12) * update
+    for p, w in zip(params, weights, strict=True):
+        torch.testing.assert_close(p.detach(), w, atol=1e-5, rtol=1e-5)
 
 
 def test_every_optimizer_lowers_the_loss():

@@ -13,7 +13,7 @@ from llmlab.infer import generate
 from llmlab.models import Transformer, get_preset
 from llmlab.recipes.pretrain import PretrainArgs
 from llmlab.recipes.pretrain import run as pretrain
-from llmlab.train.loop import LoopSettings, TrainState, train_loop
+from llmlab.train.loop import LoopSettings, TrainState, autocast_dtype, train_loop
 from llmlab.train.objectives import causal_lm_loss
 from llmlab.train.optim import lr_at, make_adamw, param_groups
 
@@ -134,3 +134,31 @@ def test_context_longer_than_the_data_is_refused(data_dir, tmp_path):
 def test_missing_data_folder_is_refused(tmp_path):
     with pytest.raises(UserError, match="no manifest.json; prepare the data first"):
         pretrain(_cfg(tmp_path / "nothing", tmp_path / "run"))
+
+
+def test_bf16_on_cpu_trains_close_to_float32_and_resumes_exactly(data_dir, tmp_path):
+    """--precision bf16 autocasts the matmuls (weights stay float32), Muon orthogonalises in bf16 too, and a
+    resumed bf16 run is still the straight one, bit for bit."""
+    kw = dict(precision="bf16", optimizer="muon")
+    fp32 = pretrain(_cfg(data_dir, tmp_path / "fp32", optimizer="muon", precision="fp32"))
+    straight = pretrain(_cfg(data_dir, tmp_path / "straight", **kw))
+    pretrain(_cfg(data_dir, tmp_path / "split", stop_at=4, **kw))
+    resumed = pretrain(_cfg(data_dir, tmp_path / "split", resume=True, **kw))
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
+    for name, weight in straight["model"].state_dict().items():
+        assert weight.dtype == torch.float32 and torch.equal(weight, resumed["model"].state_dict()[name]), name
+    bf16_losses = [r["loss"] for r in straight["history"]]
+    fp32_losses = [r["loss"] for r in fp32["history"]]
+    assert bf16_losses != fp32_losses  # it did train in bf16
+    assert max(abs(a - b) / b for a, b in zip(bf16_losses, fp32_losses, strict=True)) < 0.02
+    assert read_meta(tmp_path / "straight" / "checkpoint")["run"]["precision"] == "bf16"
+    with pytest.raises(UserError, match="other settings.*precision: 'bf16' -> 'fp32'"):
+        pretrain(_cfg(data_dir, tmp_path / "split", resume=True, max_steps=12, optimizer="muon", precision="fp32"))
+
+
+def test_autocast_dtype_follows_the_device_and_refuses_unknown_precisions():
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(UserError, match="precision: unknown 'fp8'"):
+        autocast_dtype("fp8", torch.device("cpu"))

@@ -23,7 +23,7 @@ from llmlab.data.loader import read_manifest
 from llmlab.models import get_preset
 from llmlab.models.config import PRESETS
 from llmlab.train import distributed
-from llmlab.train.loop import LoopSettings
+from llmlab.train.loop import PRECISIONS, LoopSettings
 from llmlab.train.optimizers import OPTIMIZERS
 from llmlab.train.pretrain import pretrain
 
@@ -53,6 +53,9 @@ class PretrainArgs:
     eval_tokens: int = arg(32768, "validation tokens per periodic evaluation")
     ckpt_interval: int = arg(200, "steps between checkpoints (one is always written at the end)")
     device: str = arg("auto", "cpu, cuda, cuda:N or auto")
+    precision: str = arg("auto", "autocast dtype of the matmuls (weights stay float32): auto is bf16 on CUDA and "
+                                 "float32 on CPU; bf16 trains 1.4-1.8x faster on CPUs with bf16 matmul units "
+                                 "(AVX512-BF16, AMX) and slower on others", choices=list(PRECISIONS))
     compile: bool = arg(False, "torch.compile the model")
     seed: int = arg(1337, "seed for weights, sampling and dropout")
     resume: bool = arg(False, "continue from <out>/checkpoint exactly where it stopped")
@@ -69,7 +72,7 @@ class PretrainArgs:
 # Settings that must not change across a resume (max_steps and max_minutes may, to extend a run). The global
 # batch (--batch-size times the data-parallel processes) may not either, but the processes and strategy may.
 RESUME_KEYS = ("preset", "seq_len", "dropout", "global_batch", "grad_accum", "lr", "min_lr_ratio", "warmup_steps",
-               "optimizer", "weight_decay", "grad_clip", "seed")
+               "optimizer", "weight_decay", "grad_clip", "seed", "precision")
 
 
 def loop_settings(args: PretrainArgs) -> LoopSettings:
@@ -118,7 +121,8 @@ def run(args: PretrainArgs) -> dict:
                            weight_decay=args.weight_decay, seed=args.seed, device=device,
                            compile=args.compile, eval_tokens=args.eval_tokens, resume=args.resume,
                            run=dataclasses.asdict(args), resume_keys=RESUME_KEYS, optimizer_name=args.optimizer,
-                           strategy=args.strategy, tp_size=args.tp_size, mixed_precision=args.mixed_precision)
+                           strategy=args.strategy, tp_size=args.tp_size, mixed_precision=args.mixed_precision,
+                           precision=args.precision)
     log.info(f"done: {summary['steps']} steps, {summary['tokens_seen']:,} tokens, "
              f"val loss {summary['final_val_loss']:.4f}; checkpoint in {summary['checkpoint']}")
     return summary

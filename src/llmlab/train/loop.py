@@ -33,6 +33,20 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+# --precision: the dtype matmuls run in under autocast (weights, gradients and optimizer state stay float32).
+# "auto" is bf16 on CUDA and float32 on CPU: bf16 is 3-4x faster on CPUs with bf16 matmul units (AVX512-BF16,
+# AMX) and slower on the others, so only a measurement can choose it there (the speedrun measures).
+PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision: unknown {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return PRECISIONS[precision]
+
+
 @dataclass
 class LoopSettings:
     max_steps: int

@@ -251,24 +251,28 @@ class Adafactor(torch.optim.Optimizer):
         return loss
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately U V^T for G = U S V^T: G with every singular value pushed towards 1.
 
     X <- a X + b (X X^T) X + c (X X^T)^2 X applies p(s) = a s + b s^3 + c s^5 to each singular value s. After
     scaling G to unit Frobenius norm every s is in (0, 1]; five steps of Keller Jordan's coefficients land them
     in roughly [0.7, 1.2] (not exactly 1: a fast rough orthogonalisation is what Muon needs). The iteration
-    runs on the wide orientation, so X X^T is the smaller Gram matrix. bf16 on GPUs, as in Muon; float32 here.
+    runs on the wide orientation, so X X^T is the smaller Gram matrix. It runs in `dtype`: by default bf16 on
+    GPUs, as in Muon, and float32 on CPUs.
+    G may also be a stack (..., R, C) of same-shaped matrices, each orthogonalised on its own: one batched
+    matmul for all of them instead of one small matmul each.
     """
-    if G.dim() != 2:
+    if G.dim() < 2:
         raise ValueError(f"newton_schulz orthogonalises matrices; got a tensor of shape {tuple(G.shape)}")
     a, b, c = NS_COEFFICIENTS
-    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
-    tall = G.size(0) > G.size(1)
+    X = G.to(dtype or (torch.bfloat16 if G.is_cuda else torch.float32))
+    tall = G.size(-2) > G.size(-1)
     if tall:
-        X = X.mT  # (C, R): rows <= columns
-    X = X / (X.norm() + eps)
+        X = X.mT  # (..., C, R): rows <= columns
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)  # each matrix to unit Frobenius norm
     for _ in range(steps):
-        A = X @ X.mT  # (rows, rows)
+        A = X @ X.mT  # (..., rows, rows)
         X = a * X + (b * A + c * A @ A) @ X
     return (X.mT if tall else X).to(G.dtype)
 
@@ -282,6 +286,10 @@ MUON_SCALES = {
 }
 
 
+# the dtype Newton-Schulz runs in; "auto": bf16 on GPUs, float32 on CPUs (see newton_schulz)
+NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 class Muon(torch.optim.Optimizer):
     """Muon: SGD-momentum whose update for each hidden matrix is orthogonalised by Newton-Schulz.
 
@@ -292,15 +300,16 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 3e-3, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 scale: str = "match_adamw"):
+                 scale: str = "match_adamw", ns_dtype: str = "auto"):
         _base_checks(lr, weight_decay)
         _check_betas(betas)
         _check(0.0 <= momentum < 1.0, f"momentum must be in [0, 1), got {momentum}")
         _check(ns_steps >= 1, f"ns_steps must be at least 1, got {ns_steps}")
         _check(scale in MUON_SCALES, f"scale must be one of {', '.join(MUON_SCALES)}, got {scale!r}")
+        _check(ns_dtype in NS_DTYPES, f"ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                                       weight_decay=weight_decay, betas=tuple(betas), eps=eps, scale=scale,
-                                      muon=True))
+                                      ns_dtype=ns_dtype, muon=True))
         for group in self.param_groups:
             bad = [tuple(p.shape) for p in group["params"] if group["muon"] and p.dim() != 2]
             _check(not bad, f"Muon orthogonalises matrices only; a muon group holds shapes {bad[:3]}: put them in "
@@ -311,6 +320,7 @@ class Muon(torch.optim.Optimizer):
         loss = torch.enable_grad()(closure)() if closure is not None else None
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
+            by_shape: dict[tuple, list] = {}  # same-shaped updates are orthogonalised together, in one stack
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -323,9 +333,14 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_steps"])
-                p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * MUON_SCALES[group["scale"]](*p.shape))
+                by_shape.setdefault((tuple(p.shape), p.dtype, p.device), []).append((p, update))
+            for pairs in by_shape.values():
+                params, updates = zip(*pairs, strict=True)
+                orthogonal = newton_schulz(torch.stack(updates), group["ns_steps"],  # (n, R, C)
+                                           dtype=NS_DTYPES[group.get("ns_dtype", "auto")])
+                for p, update in zip(params, orthogonal, strict=True):
+                    p.mul_(1 - lr * wd)
+                    p.add_(update, alpha=-lr * MUON_SCALES[group["scale"]](*p.shape))
         return loss
 
 

@@ -12,6 +12,7 @@ data-parallel process, and the checkpoint is the same folder one process writes.
 
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from llmlab.eval.loss import mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
 from llmlab.models.gpt import count_parameters, flops_per_token
 from llmlab.train import distributed
-from llmlab.train.loop import LoopSettings, TrainState, train_loop
+from llmlab.train.loop import LoopSettings, TrainState, autocast_dtype, train_loop
 from llmlab.train.moe_loss import moe_lm_loss
 from llmlab.train.objectives import lm_loss
 from llmlab.train.optimizers import build_optimizer
@@ -37,12 +38,14 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
              batch_size: int, weight_decay: float = 0.1, seed: int = 1337, device: torch.device | str = "cpu",
              compile: bool = False, eval_tokens: int = 32768, resume: bool = False,
              run: dict[str, Any] | None = None, resume_keys: Iterable[str] = (), optimizer_name: str = "adamw",
-             strategy: str = "none", tp_size: int | None = None, mixed_precision: str = "none") -> dict:
+             strategy: str = "none", tp_size: int | None = None, mixed_precision: str = "none",
+             precision: str = "auto") -> dict:
     """Train a fresh `Transformer(model_config)` (or resume `<out>/checkpoint`) on the shards in `data_dir`.
 
     `run` (the caller's arguments) is stored in every checkpoint; on resume, the keys in `resume_keys`
     and the model config must equal the stored ones. `optimizer_name` is a key of
-    `llmlab.train.optimizers.OPTIMIZERS`. `strategy`, `tp_size` and `mixed_precision`: see
+    `llmlab.train.optimizers.OPTIMIZERS`. `precision` is the autocast dtype (`llmlab.train.loop.PRECISIONS`).
+    `strategy`, `tp_size` and `mixed_precision`: see
     `llmlab.train.distributed`; `run["global_batch"]` (batch_size times the data-parallel processes) is
     set here, and a run may resume on another number of processes if it is unchanged. Returns a summary:
     n_params, steps, tokens_seen, tokens_per_s, final losses, history, and the trained model (sharded,
@@ -80,7 +83,8 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
     elif checkpoint.is_checkpoint(ckpt):
         raise UserError(f"{ckpt} already exists; resume it or choose a new output folder")
     out.mkdir(parents=True, exist_ok=True)
-    amp_dtype = torch.bfloat16 if device.type == "cuda" else None  # float32 on CPU: bf16 matmuls are slow there
+    amp_dtype = autocast_dtype(precision, device)
+    _orthogonalise_in(optimizer, amp_dtype)
     train_model = torch.compile(train_model) if compile else train_model
     n_params = count_parameters(model)
     where = f", {layout.strategy} over {layout.world_size} processes" if layout.strategy != "none" else ""
@@ -120,8 +124,17 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
     }
 
 
+def _orthogonalise_in(optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype | None) -> None:
+    """Muon's Newton-Schulz runs in bf16 when the model trains in bf16: the same fast matmuls."""
+    if amp_dtype is torch.bfloat16:
+        for group in optimizer.param_groups:
+            if group.get("muon"):
+                group["ns_dtype"] = "bf16"
+
+
 def seconds_per_token(model_config: ModelConfig, data_dir: str | Path, batch_size: int, lr: float, *,
-                      seed: int = 0, device: torch.device | str = "cpu", optimizer: str = "adamw") -> float:
+                      seed: int = 0, device: torch.device | str = "cpu", optimizer: str = "adamw",
+                      precision: str = "auto") -> float:
     """Time a few training steps of a throwaway model like a run's, for sizing a run to a time budget.
 
     Seconds per trained token: the fastest step after two warm-ups, since other load on the machine only ever
@@ -129,12 +142,17 @@ def seconds_per_token(model_config: ModelConfig, data_dir: str | Path, batch_siz
     device = torch.device(device)
     model = Transformer(model_config).to(device)
     opt = build_optimizer(optimizer, model, lr, device_type=device.type)
+    amp_dtype = autocast_dtype(precision, device)
+    _orthogonalise_in(opt, amp_dtype)
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     sampler = WindowSampler(data_dir, "train", batch_size, model_config.seq_len, seed=seed)
     times = []
     for _ in range(6):
         t0 = time.perf_counter()
         idx, targets = sampler.next_batch()
-        lm_loss(model, (idx.to(device), targets.to(device))).backward()
+        with amp:
+            loss = lm_loss(model, (idx.to(device), targets.to(device)))
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
