@@ -41,7 +41,9 @@ def test_browser_chats_streams_and_stops(serve, lm):
             page.wait_for_selector("#key-label:not([hidden])")  # the server needs a key: the page asks for it
             page.fill("#api-key", "sekrit")
             page.dispatch_event("#api-key", "change")
-            page.wait_for_function("document.getElementById('model').textContent === 'tiny-chat'")
+            # the name and no error: the keyed load is done (the keyless one shows the name from /health too)
+            page.wait_for_function("document.getElementById('model').textContent === 'tiny-chat' && "
+                                   "document.getElementById('status').textContent === ''")
 
             page.fill("#temperature", "0")
             page.fill("#max-tokens", "12")

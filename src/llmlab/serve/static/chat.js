@@ -44,12 +44,17 @@ async function errorMessage(response) {
   }
 }
 
+let modelLoads = 0; // a key typed while the page's first load is in flight starts a second one: the last wins
+
 async function loadModel() {
+  const mine = ++modelLoads;
   const health = await fetch("/health").then((r) => r.json()).catch(() => ({}));
   $("key-label").hidden = !health.needs_api_key;
   const response = await fetch("/v1/models", { headers: headers() }).catch(() => null);
-  if (response && response.ok) {
-    modelName = (await response.json()).data[0].id;
+  const models = response && response.ok ? await response.json() : null;
+  if (mine !== modelLoads) return;
+  if (models) {
+    modelName = models.data[0].id;
     $("model").textContent = modelName;
     setStatus("");
   } else {
@@ -57,7 +62,7 @@ async function loadModel() {
     modelName = health.model || null;
     if (response && response.status === 401) setStatus("This server needs an API key: enter it in Settings.", true);
   }
-  setState("idle");
+  if (!controller) setState("idle"); // a reply already streaming keeps its state
 }
 
 function number(id, parse) {
