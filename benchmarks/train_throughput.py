@@ -1,10 +1,12 @@
 """Training throughput: llmlab's Transformer vs transformers' model of the identical config.
 
 Same weights (copied through llmlab's converter), same batch, same optimizer
-(AdamW), forward + backward + step, one run, same machine. Prints tokens/s for
-both and the ratio; on CUDA also MFU (bf16 autocast). Last line: one JSON object.
+(AdamW), the same autocast (`--precision`, as `llmlab pretrain`'s: auto is bf16 on
+CUDA and float32 on CPU), forward + backward + step, one run, same machine. Prints
+tokens/s for both and the ratio; on CUDA also MFU. Last line: one JSON object.
 
     python benchmarks/train_throughput.py --preset llama-small --batch-size 8 --steps 10
+    python benchmarks/train_throughput.py --preset llama-tiny --precision bf16   # the speedrun's CPU path
 """
 
 import argparse
@@ -19,7 +21,7 @@ from llmlab.common.measure import sync
 from llmlab.models import Transformer, get_preset
 from llmlab.models.gpt import flops_per_token
 from llmlab.models.hf import config_to_hf, state_dict_to_hf
-from llmlab.train.loop import peak_flops
+from llmlab.train.loop import PRECISIONS, autocast_dtype, peak_flops
 from llmlab.train.objectives import causal_lm_loss
 
 
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS))
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -55,7 +58,8 @@ def main() -> None:
     hf.load_state_dict(state_dict_to_hf(ours.state_dict(), config), strict=False)
     idx = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
     x, y = idx[:, :-1], idx[:, 1:]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp_dtype = autocast_dtype(args.precision, device)
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     fused = device.type == "cuda"
 
     def stepper(model, loss_of):
@@ -78,7 +82,8 @@ def main() -> None:
     t_hf = min(t_hf, time_steps(hf_step, args.steps, 0, device))
 
     tokens = args.batch_size * args.seq_len
-    result = {"preset": args.preset, "device": str(device), "batch_size": args.batch_size, "seq_len": args.seq_len,
+    result = {"preset": args.preset, "device": str(device), "precision": str(amp_dtype or torch.float32),
+              "batch_size": args.batch_size, "seq_len": args.seq_len,
               "llmlab_tokens_per_s": tokens / t_ours, "transformers_tokens_per_s": tokens / t_hf,
               "ratio_llmlab_over_transformers": t_hf / t_ours}
     peak = peak_flops(device)
