@@ -162,3 +162,43 @@ def test_autocast_dtype_follows_the_device_and_refuses_unknown_precisions():
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(UserError, match="precision: unknown 'fp8'"):
         autocast_dtype("fp8", torch.device("cpu"))
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_it_exactly(data_dir, tmp_path):
+    fp32 = pretrain(_cfg(data_dir, tmp_path / "fp32", precision="fp32"))
+    straight = pretrain(_cfg(data_dir, tmp_path / "straight", precision="fp16"))
+    pretrain(_cfg(data_dir, tmp_path / "split", stop_at=4, precision="fp16"))
+    scaler = read_meta(tmp_path / "split" / "checkpoint")["state"]["grad_scaler"]
+    assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 4  # torch's initial scale, 4 good steps
+    resumed = pretrain(_cfg(data_dir, tmp_path / "split", resume=True, precision="fp16"))
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
+    for name, weight in straight["model"].state_dict().items():
+        assert weight.dtype == torch.float32 and torch.equal(weight, resumed["model"].state_dict()[name]), name
+    fp16_losses, fp32_losses = [r["loss"] for r in straight["history"]], [r["loss"] for r in fp32["history"]]
+    assert fp16_losses != fp32_losses
+    assert max(abs(a - b) / b for a, b in zip(fp16_losses, fp32_losses, strict=True)) < 0.02
+    with pytest.raises(UserError, match="precision fp16 with strategy fsdp"):
+        pretrain(_cfg(data_dir, tmp_path / "fsdp", precision="fp16", strategy="fsdp"))
+
+
+def test_fp16_skips_a_step_whose_gradients_overflow_and_halves_the_scale():
+    torch.manual_seed(0)
+    model = Transformer(get_preset("llama-tiny", vocab_size=50, seq_len=16, n_layer=1))
+    opt = make_adamw(model, lr=1e-3)
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        loss = causal_lm_loss(m(batch[0]), batch[1])
+        return loss * 1e30 if calls["n"] == 2 else loss  # finite, but its scaled gradients overflow
+
+    batch = lambda: (torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16)))  # noqa: E731
+    settings = LoopSettings(max_steps=1, lr=1e-3, progress=False)
+    state = train_loop(model, opt, batch, settings, TrainState(), loss_fn=loss_fn, autocast_dtype=torch.float16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings.max_steps = 2
+    state = train_loop(model, opt, batch, settings, state, loss_fn=loss_fn, autocast_dtype=torch.float16)
+    assert state.step == 2 and state.grad_scaler["scale"] == 65536.0 / 2
+    assert state.history[-1]["grad_norm"] is None  # not a finite norm: the step was skipped
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, before[name]), name

@@ -25,7 +25,7 @@ from llmlab.models.config import PRESETS
 from llmlab.train import distributed
 from llmlab.train.loop import PRECISIONS, LoopSettings
 from llmlab.train.optimizers import OPTIMIZERS
-from llmlab.train.pretrain import pretrain
+from llmlab.train.pretrain import check_precision, pretrain
 
 
 @dataclass
@@ -55,7 +55,8 @@ class PretrainArgs:
     device: str = arg("auto", "cpu, cuda, cuda:N or auto")
     precision: str = arg("auto", "autocast dtype of the matmuls (weights stay float32): auto is bf16 on CUDA and "
                                  "float32 on CPU; bf16 trains 1.4-1.8x faster on CPUs with bf16 matmul units "
-                                 "(AVX512-BF16, AMX) and slower on others", choices=list(PRECISIONS))
+                                 "(AVX512-BF16, AMX) and slower on others; fp16 trains with a gradient scaler",
+                         choices=list(PRECISIONS))
     compile: bool = arg(False, "torch.compile the model")
     seed: int = arg(1337, "seed for weights, sampling and dropout")
     resume: bool = arg(False, "continue from <out>/checkpoint exactly where it stopped")
@@ -107,6 +108,7 @@ def run(args: PretrainArgs) -> dict:
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: give at least 1")
     distributed.check_strategy(args.strategy, model_config, world, args.tp_size, args.mixed_precision)
+    check_precision(args.precision, args.strategy)
     if launching:  # refused above or here, before any process starts, rather than once per process
         status = distributed.launch(["pretrain", *as_argv(args)], args.nproc)
         if status:

@@ -35,8 +35,9 @@ def peak_flops(device: torch.device) -> float | None:
 
 # --precision: the dtype matmuls run in under autocast (weights, gradients and optimizer state stay float32).
 # "auto" is bf16 on CUDA and float32 on CPU: bf16 is 3-4x faster on CPUs with bf16 matmul units (AVX512-BF16,
-# AMX) and slower on the others, so only a measurement can choose it there (the speedrun measures).
-PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16}
+# AMX) and slower on the others, so only a measurement can choose it there (the speedrun measures). fp16 (older
+# GPUs) trains with a gradient scaler, since its narrow range lets small gradients underflow to zero.
+PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -99,10 +100,11 @@ class TrainState:
     elapsed_s: float = 0.0
     bad_steps: int = 0
     history: list[dict] = field(default_factory=list)  # one row per logged step: step, loss, lr, val_loss?
+    grad_scaler: dict | None = None  # fp16 only: the gradient scaler's scale and growth count, for exact resume
 
     def to_dict(self) -> dict:
         return dict(step=self.step, tokens_seen=self.tokens_seen, elapsed_s=self.elapsed_s,
-                    bad_steps=self.bad_steps, history=self.history)
+                    bad_steps=self.bad_steps, history=self.history, grad_scaler=self.grad_scaler)
 
 
 def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
@@ -114,6 +116,11 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     device = next(model.parameters()).device
     params = [p for g in optimizer.param_groups for p in g["params"]]
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    # fp16: the loss is scaled up before backward and the gradients back down before clipping; a step whose
+    # gradients overflowed is skipped by the scaler, which then halves the scale (and doubles it after 2000 good steps)
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype is torch.float16 else None
+    if scaler is not None and state.grad_scaler:
+        scaler.load_state_dict(state.grad_scaler)
     peak = peak_flops(device)
     start_time, start_elapsed = time.perf_counter(), state.elapsed_s
     by_time = settings.schedule_by_time and settings.max_seconds
@@ -141,7 +148,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
                 # a loss_fn may also return {name: number} to log per step (DPO's rewards/margins), averaged
                 loss, extra = out if isinstance(out, tuple) else (out, {})
                 loss = loss / settings.grad_accum
-                loss.backward()
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_sum += loss.item()
             n_tokens += batch[0].numel() * parallel.data_parallel
             for k, v in extra.items():
@@ -156,8 +163,15 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
                                 "the last good checkpoint is untouched; lower --lr or allow --skip-bad-steps N")
             state.step += 1
             continue
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         grad_norm = parallel.clip_grad_norm(params, settings.grad_clip) if settings.grad_clip > 0 else None
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+            state.grad_scaler = scaler.state_dict()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -166,7 +180,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
         state.tokens_seen += n_tokens
         state.elapsed_s = parallel.agree(start_elapsed + time.perf_counter() - start_time)
         row = {"step": state.step, "loss": loss_sum, "lr": lr, "tokens_per_s": n_tokens / dt,
-               "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics}
+               "grad_norm": float(grad_norm) if grad_norm is not None and grad_norm.isfinite() else None, **metrics}
         if settings.flops_per_token and peak:
             row["mfu"] = settings.flops_per_token * n_tokens / dt / (peak * parallel.world_size)
         last = state.step == settings.max_steps

@@ -58,6 +58,7 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
     run = dict(run or {})
     manifest = read_manifest(data_dir)
     tokenizer = Tokenizer.load(Path(data_dir) / manifest.get("tokenizer", TOKENIZER_FILE))
+    check_precision(precision, strategy)
     layout = distributed.make_layout(strategy, model_config, device, tp_size, mixed_precision)
     device = layout.device
     run["global_batch"] = batch_size * layout.dp
@@ -122,6 +123,13 @@ def pretrain(model_config: ModelConfig, data_dir: str | Path, out: str | Path, s
         "final_val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
         "history": rows, "model": model, "tokenizer": tokenizer, "model_config": model_config,
     }
+
+
+def check_precision(precision: str, strategy: str) -> None:
+    """fp16's gradient scaler works on whole gradients: one process or DDP."""
+    if precision == "fp16" and strategy not in ("none", "ddp"):
+        raise UserError(f"precision fp16 with strategy {strategy}: its gradient scaler would need FSDP's sharded "
+                        "one; use --precision bf16, or strategy ddp")
 
 
 def _orthogonalise_in(optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype | None) -> None:
