@@ -12,7 +12,6 @@ tokens/s for both and the ratio; on CUDA also MFU. Last line: one JSON object.
 import argparse
 import json
 import time
-from contextlib import nullcontext
 
 import torch
 import transformers
@@ -21,7 +20,7 @@ from llmlab.common.measure import sync
 from llmlab.models import Transformer, get_preset
 from llmlab.models.gpt import flops_per_token
 from llmlab.models.hf import config_to_hf, state_dict_to_hf
-from llmlab.train.loop import PRECISIONS, autocast_dtype, peak_flops
+from llmlab.train.loop import PRECISIONS, autocast, autocast_dtype, peak_flops
 from llmlab.train.objectives import causal_lm_loss
 
 
@@ -59,7 +58,7 @@ def main() -> None:
     idx = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
     x, y = idx[:, :-1], idx[:, 1:]
     amp_dtype = autocast_dtype(args.precision, device)
-    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    amp = autocast(device, amp_dtype)
     fused = device.type == "cuda"
 
     def stepper(model, loss_of):

@@ -96,17 +96,23 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_dir, tmp_path, mon
     assert read_meta(tmp_path / "run" / "checkpoint")["step"] == 4
 
 
-def test_skipping_bad_steps_is_opt_in_counted_and_capped():
+def _one_layer_run(spoil, at: tuple[int, ...]):
+    """A one-layer model, its AdamW, random batches, and a loss that `spoil`s itself on the calls in `at`
+    (counting from 1; `calls["n"] = 0` starts the count again)."""
     model = Transformer(get_preset("llama-tiny", vocab_size=50, seq_len=16, n_layer=1))
-    opt = make_adamw(model, lr=1e-3)
     calls = {"n": 0}
 
-    def flaky_loss(m, batch):
+    def loss_fn(m, batch):
         calls["n"] += 1
         loss = causal_lm_loss(m(batch[0]), batch[1])
-        return loss * float("nan") if calls["n"] in (2, 4) else loss
+        return spoil(loss) if calls["n"] in at else loss
 
     batch = lambda: (torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16)))  # noqa: E731
+    return model, make_adamw(model, lr=1e-3), batch, loss_fn, calls
+
+
+def test_skipping_bad_steps_is_opt_in_counted_and_capped():
+    model, opt, batch, flaky_loss, calls = _one_layer_run(lambda loss: loss * float("nan"), at=(2, 4))
     state = train_loop(model, opt, batch, LoopSettings(max_steps=6, lr=1e-3, skip_bad_steps=2, progress=False),
                        TrainState(), loss_fn=flaky_loss)
     assert state.step == 6 and state.bad_steps == 2
@@ -183,16 +189,8 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_it_exactly(data_dir, tmp
 
 def test_fp16_skips_a_step_whose_gradients_overflow_and_halves_the_scale():
     torch.manual_seed(0)
-    model = Transformer(get_preset("llama-tiny", vocab_size=50, seq_len=16, n_layer=1))
-    opt = make_adamw(model, lr=1e-3)
-    calls = {"n": 0}
-
-    def loss_fn(m, batch):
-        calls["n"] += 1
-        loss = causal_lm_loss(m(batch[0]), batch[1])
-        return loss * 1e30 if calls["n"] == 2 else loss  # finite, but its scaled gradients overflow
-
-    batch = lambda: (torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16)))  # noqa: E731
+    # the second loss is finite, but its scaled gradients overflow
+    model, opt, batch, loss_fn, _ = _one_layer_run(lambda loss: loss * 1e30, at=(2,))
     settings = LoopSettings(max_steps=1, lr=1e-3, progress=False)
     state = train_loop(model, opt, batch, settings, TrainState(), loss_fn=loss_fn, autocast_dtype=torch.float16)
     before = {k: v.clone() for k, v in model.state_dict().items()}

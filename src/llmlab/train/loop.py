@@ -48,6 +48,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return PRECISIONS[precision]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """torch.autocast to `dtype` on `device`, or nothing when the dtype is None (float32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
 @dataclass
 class LoopSettings:
     max_steps: int
@@ -115,7 +120,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     parallel = parallel or Parallelism()
     device = next(model.parameters()).device
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    amp = autocast(device, autocast_dtype)
     # fp16: the loss is scaled up before backward and the gradients back down before clipping; a step whose
     # gradients overflowed is skipped by the scaler, which then halves the scale (and doubles it after 2000 good steps)
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype is torch.float16 else None

@@ -12,7 +12,6 @@ data-parallel process, and the checkpoint is the same folder one process writes.
 
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from llmlab.eval.loss import mean_heldout_loss
 from llmlab.models import ModelConfig, Transformer
 from llmlab.models.gpt import count_parameters, flops_per_token
 from llmlab.train import distributed
-from llmlab.train.loop import LoopSettings, TrainState, autocast_dtype, train_loop
+from llmlab.train.loop import LoopSettings, TrainState, autocast, autocast_dtype, train_loop
 from llmlab.train.moe_loss import moe_lm_loss
 from llmlab.train.objectives import lm_loss
 from llmlab.train.optimizers import build_optimizer
@@ -152,7 +151,7 @@ def seconds_per_token(model_config: ModelConfig, data_dir: str | Path, batch_siz
     opt = build_optimizer(optimizer, model, lr, device_type=device.type)
     amp_dtype = autocast_dtype(precision, device)
     _orthogonalise_in(opt, amp_dtype)
-    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    amp = autocast(device, amp_dtype)
     sampler = WindowSampler(data_dir, "train", batch_size, model_config.seq_len, seed=seed)
     times = []
     for _ in range(6):
